@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Parsing and reporting for benches/bench.sh (standard library only).
+
+  benchlib.py wrk LEG PROTO OUTPUT                  -> one JSON line (closed loop, HTTP/1.1)
+  benchlib.py h2load KIND LEG PROTO OUTPUT LOGFILE  -> one JSON line (KIND: closed | fixed)
+  benchlib.py report RESULTS.jsonl META.json        -> markdown on stdout
+
+Latency percentiles: wrk's own --latency distribution; for h2load (which prints only
+min/max/mean/sd) they are computed here from its --log-file, one row per request
+(start µs, status, µs until the end of the response).
+"""
+import json
+import math
+import re
+import sys
+
+LEG_NAMES = {
+    "direct": "direct (no proxy)",
+    "nginx": "nginx reverse proxy",
+    "envoy": "Envoy + OTel (100%)",
+    "envoy-notrace": "Envoy, no tracing (reference)",
+    "tracemesh": "tracemesh inbound, tracing on",
+    "tracemesh-notrace": "tracemesh inbound, exporter none",
+    "tracemesh-hop": "tracemesh outbound → inbound",
+}
+LEG_ORDER = list(LEG_NAMES)
+PROTO_NAMES = {"h1": "HTTP/1.1", "h2c": "h2c"}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        return None
+    v = float(m.group(1))
+    return {"us": v / 1000.0, "ms": v, "s": v * 1000.0, "m": v * 60000.0}[m.group(2)]
+
+
+def parse_wrk(leg, proto, path):
+    text = open(path, encoding="utf-8", errors="replace").read()
+    r = {"kind": "closed", "leg": leg, "proto": proto, "tool": "wrk"}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in ([\d.]+\w+)", text)
+    r["requests"] = int(m.group(1)) if m else None
+    for pct in ("50", "90", "99"):
+        m = re.search(r"^\s+%s%%\s+(\S+)" % pct, text, re.M)
+        r["p" + pct] = to_ms(m.group(1)) if m else None
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    r["errors"] = errors
+    if r["rps"] is None:
+        r["failed"] = "no wrk result (see %s)" % path
+    return r
+
+
+def percentile(sorted_vals, p):
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(p / 100.0 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
+
+
+def parse_h2load(kind, leg, proto, path, logfile):
+    text = open(path, encoding="utf-8", errors="replace").read()
+    r = {"kind": kind, "leg": leg, "proto": proto, "tool": "h2load"}
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    r["rps"] = float(m.group(3)) if m else None
+    m = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout", text)
+    if m:
+        total, started, done, ok, failed, errored, timeout = (int(x) for x in m.groups())
+        r["requests"] = done
+        r["succeeded"] = ok
+        r["errors"] = failed + errored + timeout
+    else:
+        r["errors"] = None
+    lat = []
+    try:
+        with open(logfile, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    try:
+                        lat.append(int(parts[2]) / 1000.0)
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    lat.sort()
+    for pct in (50, 90, 99):
+        r["p%d" % pct] = percentile(lat, pct)
+    r["samples"] = len(lat)
+    if r["rps"] is None:
+        r["failed"] = "no h2load result (see %s)" % path
+    return r
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def fmt(v, digits=2):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return "{:,.0f}".format(v)
+        return ("{:.%df}" % digits).format(v)
+    return str(v)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return "{:.2f}×".format(a / b)
+
+
+def report(results_path, meta_path):
+    meta = json.load(open(meta_path, encoding="utf-8"))
+    rows = [json.loads(l) for l in open(results_path, encoding="utf-8") if l.strip()]
+    by = {}
+    for r in rows:
+        by.setdefault((r["leg"], r["proto"]), {})[r["kind"]] = r
+    out = []
+    w = out.append
+    w("# tracemesh benchmark — %s" % meta.get("date", ""))
+    w("")
+    if meta.get("preliminary"):
+        w("> **%s**" % meta["preliminary"])
+        w("")
+    for line in meta.get("banners", []):
+        w("> **%s**" % line)
+        w("")
+    w("Machine: %s" % meta.get("machine", ""))
+    w("")
+    w("Settings: %s" % meta.get("settings", ""))
+    w("")
+    w("Load average before/after: %s / %s" % (meta.get("load_before", "?"), meta.get("load_after", "?")))
+    w("")
+    w("Tools: %s" % meta.get("tools", ""))
+    w("")
+    w("## Results")
+    w("")
+    w("Closed loop: HTTP/1.1 by `wrk -t1 -c%s`, h2c by `h2load -t1 -c%s -m%s`. "
+      "Fixed rate: `h2load --rps` at %s req/s in total over %s connections. "
+      "Latencies in ms. CPU: user+system time of the proxy process(es) during the fixed-rate run, "
+      "as %% of one core per 1,000 req/s (for *direct*: the upstream nginx itself). "
+      "RSS: VmRSS after the load (sum over the leg's processes)."
+      % (meta.get("wrk_conns"), meta.get("h2_conns"), meta.get("h2_streams"),
+         meta.get("rate"), meta.get("rate_conns")))
+    w("")
+    w("| leg | proto | closed req/s | p50 | p90 | p99 | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | errors |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for proto in ("h1", "h2c"):
+        for leg in LEG_ORDER:
+            d = by.get((leg, proto))
+            if not d:
+                continue
+            c = d.get("closed", {})
+            f = d.get("fixed", {})
+            s = d.get("proc", {})
+            if d.get("skipped"):
+                w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |" % (
+                    LEG_NAMES[leg], PROTO_NAMES[proto], "skipped: " + d["skipped"]["reason"]))
+                continue
+            errs = [x for x in (c.get("errors"), f.get("errors")) if x is not None]
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                LEG_NAMES[leg], PROTO_NAMES[proto],
+                fmt(c.get("rps")), fmt(c.get("p50")), fmt(c.get("p90")), fmt(c.get("p99")),
+                fmt(f.get("rps")), fmt(f.get("p50")), fmt(f.get("p90")), fmt(f.get("p99")),
+                fmt(s.get("cpu_pct_per_krps")), fmt(s.get("rss_mib"), 1),
+                sum(errs) if errs else "—"))
+    w("")
+    w("## Ratios")
+    w("")
+    w("Throughput ratios above 1 are better for tracemesh; latency, CPU and RSS ratios below 1 are.")
+    w("")
+    any_tm = False
+    for proto in ("h1", "h2c"):
+        refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "envoy")}
+        for leg in ("tracemesh", "tracemesh-notrace", "tracemesh-hop"):
+            d = by.get((leg, proto))
+            if not d or d.get("skipped") or "closed" not in d:
+                continue
+            if not any_tm:
+                w("| tracemesh leg | proto | metric | ÷ nginx | ÷ Envoy+OTel | ÷ direct |")
+                w("|---|---|---|--:|--:|--:|")
+                any_tm = True
+            metrics = [
+                ("closed-loop req/s", "closed", "rps", True),
+                ("closed-loop p99", "closed", "p99", True),
+                ("fixed-rate p50", "fixed", "p50", True),
+                ("fixed-rate p99", "fixed", "p99", True),
+                ("CPU per 1k req/s", "proc", "cpu_pct_per_krps", False),
+                ("RSS", "proc", "rss_mib", False),
+            ]
+            for label, kind, key, vs_direct in metrics:
+                mine = d.get(kind, {}).get(key)
+                cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "envoy")]
+                cells.append(ratio(mine, refs["direct"].get(kind, {}).get(key)) if vs_direct else "—")
+                w("| %s | %s | %s | %s |" % (LEG_NAMES[leg], PROTO_NAMES[proto], label, " | ".join(cells)))
+    if not any_tm:
+        w("No tracemesh leg ran, so there are no ratios (see the banner above).")
+    w("")
+    notes = meta.get("notes", [])
+    for r in rows:
+        if r.get("kind") == "proc" and r.get("note"):
+            notes.append("%s %s: %s" % (LEG_NAMES[r["leg"]], PROTO_NAMES[r["proto"]], r["note"]))
+        if r.get("failed"):
+            notes.append("%s %s %s: %s" % (LEG_NAMES[r["leg"]], PROTO_NAMES[r["proto"]], r["kind"], r["failed"]))
+    if notes:
+        w("## Notes")
+        w("")
+        for n in notes:
+            w("- " + n)
+        w("")
+    sys.stdout.write("\n".join(out))
+
+
+def main(argv):
+    cmd = argv[1] if len(argv) > 1 else ""
+    if cmd == "wrk" and len(argv) == 5:
+        print(json.dumps(parse_wrk(argv[2], argv[3], argv[4])))
+    elif cmd == "h2load" and len(argv) == 7:
+        print(json.dumps(parse_h2load(argv[2], argv[3], argv[4], argv[5], argv[6])))
+    elif cmd == "report" and len(argv) == 4:
+        report(argv[2], argv[3])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

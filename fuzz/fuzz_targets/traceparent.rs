@@ -1,0 +1,6 @@
+//! Fuzz target `traceparent`: the round-trip properties of [`tracemesh::context::fuzzing::check_traceparent`].
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tracemesh::context::fuzzing::check_traceparent(data));

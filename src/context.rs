@@ -1,0 +1,272 @@
+//! Trace context: the IDs that place a request in a trace, and the header formats that carry
+//! them between hops.
+//!
+//! This module owns the types ([`TraceId`], [`SpanId`], [`TraceFlags`], [`SpanContext`], from
+//! `ids.rs`), the set of injected formats ([`Format`], [`Propagators`], configured like
+//! `OTEL_PROPAGATORS`, from `propagators.rs`), [`ParseError`], and the two entry points the span
+//! layer calls on every request: [`extract`] and [`inject`]. The header grammars live in [`w3c`]
+//! (W3C Trace Context Level 1, <https://www.w3.org/TR/trace-context/>) and [`b3`]
+//! (<https://github.com/openzipkin/b3-propagation>). It does not own sampling (see
+//! `telemetry::sampling`) nor the counting of invalid headers (see `metrics`).
+//!
+//! Parsing never allocates on the happy path and never fails a request: an invalid header is
+//! reported in [`Extracted::invalid`] as a `(Format, ParseError)` pair, and otherwise treated as
+//! absent. Field values are read with their leading and trailing whitespace (SP, HTAB) ignored,
+//! as RFC 9110 §5.5 says a field value does not include it (the W3C test suite's
+//! `test_traceparent_ows_handling` expects the same).
+
+pub mod b3;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fuzzing;
+mod ids;
+mod propagators;
+pub mod w3c;
+
+use http::{HeaderMap, HeaderValue};
+
+use self::ids::{decode_hex, encode_hex};
+pub use self::ids::{SpanContext, SpanId, TraceFlags, TraceId};
+pub use self::propagators::{Format, Propagators, UnknownPropagator};
+
+// === Errors ===
+
+/// Why a context header was ignored. `Copy` and allocation-free: this happens on the data path,
+/// and it doubles as the bounded `reason` metric label via [`ParseError::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum ParseError {
+    /// A field, or the whole value, has the wrong number of characters.
+    #[error("wrong length")]
+    Length,
+    /// An ID, version or flags field has a character outside `0-9a-f`.
+    #[error("not lowercase hex")]
+    Hex,
+    /// A trace or span ID is all zeros.
+    #[error("all-zero id")]
+    ZeroId,
+    /// The `traceparent` version is `ff`, which the spec forbids.
+    #[error("unsupported version")]
+    Version,
+    /// Delimiters are missing or misplaced, or there are too many fields.
+    #[error("malformed value")]
+    Format,
+    /// A B3 sampling state, `X-B3-Sampled` or `X-B3-Flags` value is not one the spec defines.
+    #[error("invalid sampling state")]
+    Sampling,
+    /// `traceparent` was sent more than once.
+    #[error("header repeated")]
+    Duplicate,
+    /// B3 multi headers carry a trace ID without a span ID, or the other way round.
+    #[error("trace id and span id not both present")]
+    Incomplete,
+    /// `tracestate` has more than 32 list members.
+    #[error("tracestate has more than 32 members")]
+    TraceStateMembers,
+    /// A `tracestate` key breaks the key grammar (or a member has no `=`).
+    #[error("invalid tracestate key")]
+    TraceStateKey,
+    /// A `tracestate` value is empty, too long, or has a forbidden character.
+    #[error("invalid tracestate value")]
+    TraceStateValue,
+    /// Two `tracestate` members have the same key.
+    #[error("duplicate tracestate key")]
+    TraceStateDuplicateKey,
+}
+
+// === impl ParseError ===
+
+impl ParseError {
+    /// Every variant: the complete set of `reason` label values.
+    pub const ALL: [ParseError; 12] = [
+        ParseError::Length,
+        ParseError::Hex,
+        ParseError::ZeroId,
+        ParseError::Version,
+        ParseError::Format,
+        ParseError::Sampling,
+        ParseError::Duplicate,
+        ParseError::Incomplete,
+        ParseError::TraceStateMembers,
+        ParseError::TraceStateKey,
+        ParseError::TraceStateValue,
+        ParseError::TraceStateDuplicateKey,
+    ];
+
+    /// The metric label: a fixed snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ParseError::Length => "length",
+            ParseError::Hex => "hex",
+            ParseError::ZeroId => "zero_id",
+            ParseError::Version => "version",
+            ParseError::Format => "format",
+            ParseError::Sampling => "sampling",
+            ParseError::Duplicate => "duplicate",
+            ParseError::Incomplete => "incomplete",
+            ParseError::TraceStateMembers => "tracestate_members",
+            ParseError::TraceStateKey => "tracestate_key",
+            ParseError::TraceStateValue => "tracestate_value",
+            ParseError::TraceStateDuplicateKey => "tracestate_duplicate_key",
+        }
+    }
+}
+
+// === Extraction ===
+
+/// The invalid context headers of one request: at most one [`ParseError`] per [`Format`].
+/// `Copy`, no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct InvalidHeaders([Option<ParseError>; 3]);
+
+// === impl InvalidHeaders ===
+
+impl InvalidHeaders {
+    /// Records why `format` was ignored; the first reason per format is kept.
+    pub fn insert(&mut self, format: Format, reason: ParseError) {
+        self.0[format.index()].get_or_insert(reason);
+    }
+
+    /// Why `format` was ignored, if it was present and invalid.
+    pub fn get(&self, format: Format) -> Option<ParseError> {
+        self.0[format.index()]
+    }
+
+    /// Whether every present header was valid.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// Each invalid format with its reason, in [`Format::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Format, ParseError)> + '_ {
+        Format::ALL
+            .into_iter()
+            .filter_map(|f| self.get(f).map(|reason| (f, reason)))
+    }
+}
+
+/// What [`extract`] found: everything the span layer and the sampler need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// The remote parent, if any format yielded a valid one (priority: `traceparent`, `b3`,
+    /// `X-B3-*`).
+    pub parent: Option<SpanContext>,
+    /// Which format `parent` came from; `None` exactly when `parent` is.
+    pub format: Option<Format>,
+    /// The parent came from B3 without a sampling state (B3 "defer"): its flags say
+    /// not-sampled, but the sampler should decide as it would for a new root.
+    pub deferred: bool,
+    /// A sampling decision that came without IDs (`b3: 0|1|d`, or `X-B3-Sampled` /
+    /// `X-B3-Flags: 1` alone). Only set when `parent` is `None`; otherwise the parent's flags
+    /// carry the decision (B3 debug counts as sampled).
+    pub sampled_hint: Option<bool>,
+    /// The `tracestate` to propagate: `Some` only when `parent` came from `traceparent` and
+    /// `tracestate` was valid and not empty. A single header is a cheap clone of the incoming
+    /// value; several headers are joined with `,` (allocates, rare).
+    pub tracestate: Option<HeaderValue>,
+    /// Headers that were present but invalid, for counting. An invalid `tracestate` next to a
+    /// valid `traceparent` is reported under [`Format::TraceContext`]; `tracestate` is not
+    /// looked at when `traceparent` is absent or invalid, as the spec requires.
+    pub invalid: InvalidHeaders,
+}
+
+// === impl Extracted ===
+
+impl Extracted {
+    fn offer_b3(&mut self, format: Format, found: Result<Option<b3::Parsed>, ParseError>) {
+        match found {
+            Ok(None) => {}
+            Err(reason) => self.invalid.insert(format, reason),
+            Ok(Some(b3::Parsed::Ids { ctx, sampling, .. })) => {
+                if self.parent.is_none() {
+                    self.parent = Some(ctx);
+                    self.format = Some(format);
+                    self.deferred = sampling == b3::SamplingState::Defer;
+                }
+            }
+            Ok(Some(b3::Parsed::SamplingOnly(sampling))) => {
+                if self.sampled_hint.is_none() {
+                    self.sampled_hint = sampling.sampled();
+                }
+            }
+        }
+    }
+}
+
+/// Reads the trace context of an incoming request. Every format is looked at, so that each
+/// invalid one is reported; the parent comes from the first valid one in priority order.
+/// Allocates nothing unless `tracestate` arrived as several headers.
+pub fn extract(headers: &HeaderMap) -> Extracted {
+    let mut out = Extracted::default();
+    match w3c::extract_traceparent(headers) {
+        Ok(None) => {}
+        Err(reason) => out.invalid.insert(Format::TraceContext, reason),
+        Ok(Some(ctx)) => {
+            out.parent = Some(ctx);
+            out.format = Some(Format::TraceContext);
+            match w3c::extract_tracestate(headers) {
+                Ok(tracestate) => out.tracestate = tracestate,
+                Err(reason) => out.invalid.insert(Format::TraceContext, reason),
+            }
+        }
+    }
+    out.offer_b3(Format::B3, b3::extract_single(headers));
+    out.offer_b3(Format::B3Multi, b3::extract_multi(headers));
+    if out.parent.is_some() {
+        out.sampled_hint = None;
+    }
+    out
+}
+
+/// Rewrites the propagation headers towards the next hop. `ctx` is this proxy's span (the
+/// trace ID, our span ID, our decision in `flags`).
+///
+/// - `tracecontext` in the set: `traceparent: 00-{trace}-{span}-{flags}` (one 55-byte value),
+///   and `tracestate` set to `tracestate` if `Some`, else removed. Not in the set: both removed,
+///   so no stale parent reaches the next hop.
+/// - `b3` in the set: `b3: {trace}-{span}-{1|0}`; else `b3` removed.
+/// - `b3multi` in the set: `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled: 1|0`, with
+///   `X-B3-ParentSpanId` and `X-B3-Flags` removed; else every `X-B3-*` header removed.
+///
+/// Every header written replaces all earlier values of that name.
+pub fn inject(
+    headers: &mut HeaderMap,
+    ctx: &SpanContext,
+    tracestate: Option<HeaderValue>,
+    propagators: Propagators,
+) {
+    if propagators.contains(Format::TraceContext) {
+        w3c::inject(headers, ctx, tracestate);
+    } else {
+        w3c::remove(headers);
+    }
+    if propagators.contains(Format::B3) {
+        b3::inject_single(headers, ctx);
+    } else {
+        b3::remove_single(headers);
+    }
+    if propagators.contains(Format::B3Multi) {
+        b3::inject_multi(headers, ctx);
+    } else {
+        b3::remove_multi(headers);
+    }
+}
+
+// === Shared helpers for the format modules ===
+
+/// `value` without leading and trailing SP / HTAB (RFC 9110 OWS).
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// A header value made of hex digits and `-`, which are always valid in a header.
+fn ascii_value(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(bytes).expect("hex digits and '-' are valid header value bytes")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! `tracemesh demo`: the local, no-cluster showcase.
+//!
+//! Starts three small services on loopback — `checkout`, which calls `inventory` and
+//! `payment` — each behind its own tracemesh proxy, exactly as sidecars would sit in three
+//! pods. The apps have no tracing code: checkout only copies the trace headers of its inbound
+//! request onto its outbound calls (as most frameworks do) and uses its proxy's outbound
+//! listener as its HTTP proxy. The demo sends a few requests (one carrying Zipkin B3 headers,
+//! which the proxies translate to W3C), collects the spans in process (no collector needed),
+//! and prints each trace as a tree.
+
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use opentelemetry::trace::Status;
+use opentelemetry_sdk::trace::SpanData;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    config::{Limits, TelemetryConfig},
+    context::Propagators,
+    proxy::{self, ProxyConfig},
+    telemetry::{export::ServiceSpan, Exporter, SpanSink},
+};
+
+/// Options of `tracemesh demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How many plain requests to send (one more carries B3 headers).
+    #[arg(long, default_value_t = 2)]
+    pub requests: usize,
+}
+
+/// Headers a well-behaved app copies from its inbound request onto its outbound calls.
+const FORWARDED: [&str; 7] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "x-b3-parentspanid",
+];
+
+/// Runs the demo and prints the traces.
+///
+/// # Errors
+/// A service or proxy could not start, or a request failed.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let sink = SpanSink::default();
+
+    let inventory = Service::start("inventory", Duration::from_millis(2), vec![], &sink).await?;
+    let payment = Service::start("payment", Duration::from_millis(3), vec![], &sink).await?;
+    let checkout = Service::start(
+        "checkout",
+        Duration::from_millis(1),
+        vec![
+            ("/inventory", inventory.proxy_inbound),
+            ("/payment", payment.proxy_inbound),
+        ],
+        &sink,
+    )
+    .await?;
+
+    println!(
+        "tracemesh demo: checkout → inventory, checkout → payment; each behind its own proxy\n"
+    );
+    for (name, s) in [
+        ("checkout", &checkout),
+        ("inventory", &inventory),
+        ("payment", &payment),
+    ] {
+        println!(
+            "  {name:<10} app {}  proxy inbound {}  outbound {}",
+            s.app, s.proxy_inbound, s.proxy_outbound
+        );
+    }
+    println!();
+
+    let mut sent = Vec::new();
+    for _ in 0..args.requests {
+        let status = get(checkout.proxy_inbound, "/checkout", &[]).await?;
+        sent.push(format!("GET /checkout → {status}"));
+    }
+    // A legacy Zipkin client: 64-bit B3 trace ID, multi-header form.
+    let b3 = [
+        ("x-b3-traceid", "463ac35c9f6413ad"),
+        ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ("x-b3-sampled", "1"),
+    ];
+    let status = get(checkout.proxy_inbound, "/checkout", &b3).await?;
+    sent.push(format!(
+        "GET /checkout with X-B3-TraceId: 463ac35c9f6413ad → {status} (B3 in, W3C out)"
+    ));
+    for s in &sent {
+        println!("  sent {s}");
+    }
+    println!();
+
+    // Draining each proxy flushes its spans into the sink.
+    for s in [checkout, inventory, payment] {
+        s.stop().await;
+    }
+    print!("{}", render_traces(&sink.spans()));
+    Ok(())
+}
+
+/// One "pod": an app and its proxy.
+struct Service {
+    app: SocketAddr,
+    proxy_inbound: SocketAddr,
+    proxy_outbound: SocketAddr,
+    proxy: proxy::Running,
+}
+
+impl Service {
+    async fn start(
+        name: &'static str,
+        work: Duration,
+        calls: Vec<(&'static str, SocketAddr)>,
+        sink: &SpanSink,
+    ) -> anyhow::Result<Self> {
+        let app_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let app = app_listener.local_addr()?;
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let config = ProxyConfig {
+            inbound_listen: loopback,
+            outbound_listen: loopback,
+            admin_listen: loopback,
+            app_addr: Some(app),
+            propagators: Propagators::default(),
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(2),
+        };
+        let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
+            "OTEL_SERVICE_NAME" => Some(name.to_owned()),
+            "OTEL_BSP_SCHEDULE_DELAY" => Some("100".to_owned()),
+            _ => None,
+        })?;
+        telemetry.export_timeout = Duration::from_secs(2);
+        let proxy = proxy::start(config, &telemetry, Some(Exporter::Sink(sink.clone())))
+            .await
+            .with_context(|| format!("starting {name}'s proxy"))?;
+        let outbound = proxy.bound.outbound;
+        let calls = Arc::new(calls);
+        tokio::spawn(serve_app(app_listener, work, calls, outbound));
+        Ok(Service {
+            app,
+            proxy_inbound: proxy.bound.inbound,
+            proxy_outbound: outbound,
+            proxy,
+        })
+    }
+
+    async fn stop(self) {
+        self.proxy.shutdown_token().cancel();
+        self.proxy.wait().await;
+    }
+}
+
+async fn serve_app(
+    listener: TcpListener,
+    work: Duration,
+    calls: Arc<Vec<(&'static str, SocketAddr)>>,
+    outbound: SocketAddr,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let calls = calls.clone();
+                async move {
+                    tokio::time::sleep(work).await;
+                    let mut status = StatusCode::OK;
+                    for (path, next) in calls.iter() {
+                        let url = format!("http://{next}{path}");
+                        let forwarded = forwarded_headers(req.headers());
+                        match call_via_proxy(outbound, &url, &forwarded).await {
+                            Ok(s) if s.is_success() => {}
+                            _ => status = StatusCode::BAD_GATEWAY,
+                        }
+                    }
+                    let mut rsp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+                    *rsp.status_mut() = status;
+                    Ok::<_, Infallible>(rsp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn forwarded_headers(h: &HeaderMap) -> Vec<(HeaderName, http::HeaderValue)> {
+    FORWARDED
+        .iter()
+        .filter_map(|n| h.get(*n).map(|v| (HeaderName::from_static(n), v.clone())))
+        .collect()
+}
+
+/// An HTTP/1.1 request in absolute form to `proxy`, as an app with `http_proxy` set sends it.
+async fn call_via_proxy(
+    proxy: SocketAddr,
+    url: &str,
+    headers: &[(HeaderName, http::HeaderValue)],
+) -> anyhow::Result<StatusCode> {
+    let stream = TcpStream::connect(proxy).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let uri: http::Uri = url.parse()?;
+    let mut req = Request::get(uri.clone()).body(Empty::<Bytes>::new())?;
+    if let Some(a) = uri.authority() {
+        req.headers_mut()
+            .insert(header::HOST, http::HeaderValue::from_str(a.as_str())?);
+    }
+    for (n, v) in headers {
+        req.headers_mut().insert(n.clone(), v.clone());
+    }
+    let rsp = send.send_request(req).await?;
+    let status = rsp.status();
+    rsp.into_body().collect().await?;
+    Ok(status)
+}
+
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<StatusCode> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path)
+        .header(header::HOST, "checkout.demo")
+        .header(header::USER_AGENT, "tracemesh-demo")
+        .body(Empty::<Bytes>::new())?;
+    for (n, v) in headers {
+        req.headers_mut().insert(
+            HeaderName::from_bytes(n.as_bytes())?,
+            http::HeaderValue::from_str(v)?,
+        );
+    }
+    let rsp = send.send_request(req).await?;
+    let status = rsp.status();
+    rsp.into_body().collect().await?;
+    Ok(status)
+}
+
+/// Renders every trace in `spans` as an indented tree, children in start order.
+pub fn render_traces(spans: &[ServiceSpan]) -> String {
+    let mut traces: BTreeMap<String, Vec<&(Arc<str>, SpanData)>> = BTreeMap::new();
+    for s in spans {
+        traces
+            .entry(s.1.span_context.trace_id().to_string())
+            .or_default()
+            .push(s);
+    }
+    let mut ordered: Vec<_> = traces.into_iter().collect();
+    ordered.sort_by_key(|(_, v)| v.iter().map(|s| s.1.start_time).min());
+
+    let mut out = String::new();
+    for (trace_id, mut members) in ordered {
+        members.sort_by_key(|s| s.1.start_time);
+        out.push_str(&format!("trace {trace_id} ({} spans)\n", members.len()));
+        let ids: Vec<_> = members.iter().map(|s| s.1.span_context.span_id()).collect();
+        let roots: Vec<_> = members
+            .iter()
+            .filter(|s| !ids.contains(&s.1.parent_span_id))
+            .collect();
+        for root in roots {
+            render_node(&mut out, root, &members, "", None);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn render_node(
+    out: &mut String,
+    node: &(Arc<str>, SpanData),
+    all: &[&(Arc<str>, SpanData)],
+    prefix: &str,
+    last: Option<bool>,
+) {
+    let (service, span) = node;
+    let branch = match last {
+        None => "",
+        Some(true) => "└─ ",
+        Some(false) => "├─ ",
+    };
+    let attr = |k: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
+    };
+    let label = format!(
+        "{} {}",
+        attr("http.request.method").unwrap_or_default(),
+        attr("url.path").unwrap_or_default()
+    );
+    let kind = match span.span_kind {
+        opentelemetry::trace::SpanKind::Server => "server",
+        opentelemetry::trace::SpanKind::Client => "client",
+        _ => "other",
+    };
+    let ms = span
+        .end_time
+        .duration_since(span.start_time)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0;
+    let status = attr("http.response.status_code").unwrap_or_default();
+    let error = match &span.status {
+        Status::Error { description } => format!("  ERROR {description}"),
+        _ => String::new(),
+    };
+    let head = format!("{prefix}{branch}{label}");
+    out.push_str(&format!(
+        "{head:<34} {kind:<7} {service:<10} {ms:>7.1}ms  {status}{error}\n"
+    ));
+    let children: Vec<_> = all
+        .iter()
+        .filter(|s| s.1.parent_span_id == span.span_context.span_id())
+        .collect();
+    let child_prefix = match last {
+        None => prefix.to_owned(),
+        Some(true) => format!("{prefix}   "),
+        Some(false) => format!("{prefix}│  "),
+    };
+    for (i, c) in children.iter().enumerate() {
+        render_node(out, c, all, &child_prefix, Some(i + 1 == children.len()));
+    }
+}

@@ -1,0 +1,132 @@
+//! The `tracemesh` binary: parses the command line into a configuration and calls into the
+//! library. No logic lives here.
+
+use std::{io::IsTerminal, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tracemesh::config::{self, ProxyArgs, TelemetryConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "tracemesh",
+    version,
+    about = "A service-mesh sidecar that traces every hop"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The sidecar: inbound, outbound and admin listeners.
+    // Boxed: parsed once; keeps the enum small.
+    Proxy(Box<ProxyArgs>),
+    /// A local showcase: three services behind proxies, and the traces they produce.
+    Demo(tracemesh::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // A bad flag or TRACEMESH_* value is a configuration error like any other: exit 64.
+            let _ = e.print();
+            return ExitCode::from(config::EXIT_CONFIG as u8);
+        }
+    };
+    // The demo prints a report; its proxies' start-up lines would only clutter it.
+    init_logging(match cli.command {
+        Command::Demo(_) => "warn",
+        Command::Proxy(_) => "info",
+    });
+    match cli.command {
+        Command::Proxy(args) => run_proxy(*args),
+        Command::Demo(args) => {
+            let rt = runtime(2);
+            match rt.block_on(tracemesh::demo::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tracemesh demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run_proxy(args: ProxyArgs) -> ExitCode {
+    let telemetry = match TelemetryConfig::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tracemesh: {e}");
+            return ExitCode::from(config::EXIT_CONFIG as u8);
+        }
+    };
+    let workers = args.workers.unwrap_or_else(config::default_workers).get();
+    let rt = runtime(workers);
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let exporter = tracemesh::telemetry::Exporter::from_config(&telemetry)?;
+        let proxy_config = tracemesh::proxy::ProxyConfig {
+            inbound_listen: args.inbound_listen,
+            outbound_listen: args.outbound_listen,
+            admin_listen: args.admin_listen,
+            app_addr: args.app_addr,
+            propagators: args.propagators,
+            limits: args.limits(),
+            shutdown_grace: args.shutdown_grace,
+        };
+        tracing::info!(
+            workers,
+            exporter = %telemetry.exporter,
+            endpoint = %telemetry.endpoint,
+            service = telemetry.service_name(),
+            propagators = %args.propagators,
+            "starting"
+        );
+        let running = tracemesh::proxy::start(proxy_config, &telemetry, exporter).await?;
+        let token = running.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            token.cancel();
+        });
+        running.wait().await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracemesh: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+        .expect("building the Tokio runtime")
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

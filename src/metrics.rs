@@ -1,0 +1,189 @@
+//! The Prometheus registry (prometheus-client) and the proxy's own health metrics: spans exported
+//! and dropped, export errors, the export queue's depth, open and opaque connections, and
+//! invalid trace-context headers.
+//!
+//! Every handle the data path touches is resolved once at start-up (a label set is looked up in a
+//! `Family` once, then the `Counter`, an `Arc` around an atomic, is kept), so recording is an
+//! atomic add with no lock and no allocation. Label sets are small closed enums: no value that
+//! comes from a request ever becomes a label.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::context::{Format, ParseError};
+
+/// Which listener a connection or request came through. A bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct InvalidHeaderLabels {
+    format: &'static str,
+    reason: &'static str,
+}
+
+/// Per-direction connection metrics, resolved once.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub opaque: Counter,
+    pub opaque_bytes_in: Counter,
+    pub opaque_bytes_out: Counter,
+}
+
+/// Export pipeline metrics, shared by the span queue and the export task.
+#[derive(Debug, Clone, Default)]
+pub struct ExportMetrics {
+    pub exported: Counter,
+    pub dropped: Counter,
+    pub errors: Counter,
+    pub queue_depth: Gauge,
+}
+
+/// The registry and every handle the proxy records into. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub inbound: ConnectionMetrics,
+    pub outbound: ConnectionMetrics,
+    pub export: ExportMetrics,
+    invalid_headers: Family<InvalidHeaderLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+
+        let open = Family::<DirectionLabels, Gauge>::default();
+        registry.register(
+            "tracemesh_open_connections",
+            "Connections currently open, by listener",
+            open.clone(),
+        );
+        let opaque = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tracemesh_opaque_connections",
+            "Connections forwarded as opaque TCP (not HTTP, TLS pass-through, upgrades)",
+            opaque.clone(),
+        );
+        let opaque_in = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tracemesh_opaque_received_bytes",
+            "Bytes received from clients on opaque connections",
+            opaque_in.clone(),
+        );
+        let opaque_out = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "tracemesh_opaque_sent_bytes",
+            "Bytes sent to clients on opaque connections",
+            opaque_out.clone(),
+        );
+
+        let export = ExportMetrics::default();
+        registry.register(
+            "tracemesh_spans_exported",
+            "Spans accepted by the trace exporter's destination",
+            export.exported.clone(),
+        );
+        registry.register(
+            "tracemesh_spans_dropped",
+            "Spans dropped because the export queue was full or the export failed",
+            export.dropped.clone(),
+        );
+        registry.register(
+            "tracemesh_span_export_errors",
+            "Export calls that failed or timed out",
+            export.errors.clone(),
+        );
+        registry.register(
+            "tracemesh_span_export_queue_depth",
+            "Spans waiting in the export queue",
+            export.queue_depth.clone(),
+        );
+
+        let invalid_headers = Family::<InvalidHeaderLabels, Counter>::default();
+        registry.register(
+            "tracemesh_invalid_context_headers",
+            "Trace context headers ignored because they were invalid, by format and reason",
+            invalid_headers.clone(),
+        );
+
+        let conn = |dir| {
+            let l = DirectionLabels { direction: dir };
+            ConnectionMetrics {
+                open: open.get_or_create_owned(&l),
+                opaque: opaque.get_or_create_owned(&l),
+                opaque_bytes_in: opaque_in.get_or_create_owned(&l),
+                opaque_bytes_out: opaque_out.get_or_create_owned(&l),
+            }
+        };
+        Metrics {
+            inbound: conn(Direction::Inbound),
+            outbound: conn(Direction::Outbound),
+            export,
+            invalid_headers,
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn connections(&self, direction: Direction) -> &ConnectionMetrics {
+        match direction {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        }
+    }
+
+    /// Counts one ignored header. Only reached on the (rare) invalid path, so the family lookup's
+    /// read lock is acceptable here.
+    pub fn invalid_header(&self, format: Format, reason: ParseError) {
+        self.invalid_headers
+            .get_or_create(&InvalidHeaderLabels {
+                format: format.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,393 @@
+//! The proxy: listeners, the accept loop, per-connection protocol detection, and drain on
+//! shutdown.
+//!
+//! For each connection: accept → resolve peer and original destination once → [`detect`] the
+//! protocol from the first bytes → HTTP/1 or HTTP/2 served by hyper through the stack of
+//! [`stack`] (span → rescue → forward), or opaque TCP relayed byte for byte. Inbound and outbound
+//! run the same code with a different [`Direction`]; they differ only in how the target is
+//! resolved ([`inbound::target`], [`outbound::target`]) and in the span kind.
+
+pub mod detect;
+pub mod forward;
+pub mod inbound;
+pub mod io;
+pub mod opaque;
+pub mod outbound;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::Layer;
+
+pub use self::forward::{Clients, Forward, ForwardError, ProxyBody, Rescue, Target};
+use self::{detect::Protocol, io::PrefixedIo};
+pub use crate::metrics::Direction;
+use crate::{
+    config::Limits,
+    context::Propagators,
+    metrics::Metrics,
+    telemetry::{SpanKind, SpanLayer, Telemetry},
+};
+
+/// What the proxy listens on and where inbound traffic goes.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub inbound_listen: SocketAddr,
+    pub outbound_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub app_addr: Option<SocketAddr>,
+    pub propagators: Propagators,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
+}
+
+/// The proxy's listeners, bound before anything else starts.
+pub struct Listeners {
+    pub inbound: TcpListener,
+    pub outbound: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds all three listeners.
+    ///
+    /// # Errors
+    /// Any bind failure, naming the listener.
+    pub async fn bind(config: &ProxyConfig) -> Result<Self, BindError> {
+        let bind = |name: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { name, addr, source })
+        };
+        Ok(Listeners {
+            inbound: bind("inbound", config.inbound_listen).await?,
+            outbound: bind("outbound", config.outbound_listen).await?,
+            admin: bind("admin", config.admin_listen).await?,
+        })
+    }
+
+    pub fn bound(&self) -> Bound {
+        let a = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        Bound {
+            inbound: a(&self.inbound),
+            outbound: a(&self.outbound),
+            admin: a(&self.admin),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("binding the {name} listener on {addr}")]
+pub struct BindError {
+    name: &'static str,
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// State shared by every connection of both listeners.
+pub struct Shared {
+    pub telemetry: Telemetry,
+    pub metrics: Metrics,
+    pub clients: Clients,
+    pub limits: Limits,
+    pub app_addr: Option<SocketAddr>,
+}
+
+/// The request stack for one connection. Read top to bottom: the order in which a request
+/// meets the layers. Errors are answered by [`Rescue`] below the span layer, so the span sees
+/// every response, synthesized or not, with the cause in an extension.
+pub fn stack(
+    direction: Direction,
+    shared: &Shared,
+    client: SocketAddr,
+    target: Target,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::telemetry::spans::ResponseBody<ProxyBody>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let kind = match direction {
+        Direction::Inbound => SpanKind::Server,
+        Direction::Outbound => SpanKind::Client,
+    };
+    let upstream = target.addr();
+    let forward = Forward::new(
+        shared.clients.clone(),
+        target,
+        shared.limits,
+        shared.metrics.connections(direction).clone(),
+    );
+    SpanLayer::new(kind, shared.telemetry.clone(), client, upstream).layer(Rescue::new(forward))
+}
+
+/// Accepts connections until `shutdown`, serving each on `tracker`.
+pub async fn serve(
+    direction: Direction,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let own = listener.local_addr().expect("bound listener");
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
+    loop {
+        // At the connection limit, stop accepting: clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, listener = direction.as_str(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let open = shared.metrics.connections(direction).open.clone();
+            open.inc();
+            serve_connection(direction, stream, peer, own, &shared, shutdown).await;
+            open.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    direction: Direction,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    own: SocketAddr,
+    shared: &Shared,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(own);
+    let orig_dst = io::original_dst(&stream, local);
+    let target = match direction {
+        Direction::Inbound => inbound::target(shared.app_addr, orig_dst),
+        Direction::Outbound => outbound::target(orig_dst, own),
+    };
+
+    let (protocol, prefix) = match detect_protocol(&mut stream, shared.limits.detect_timeout).await
+    {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::debug!(%error, %peer, "connection closed during detection");
+            return;
+        }
+    };
+    let io = PrefixedIo::new(prefix.freeze(), stream);
+    let limits = &shared.limits;
+
+    match protocol {
+        Protocol::Http1 => {
+            let svc = TowerToHyperService::new(stack(direction, shared, peer, target));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_header_size(limits.max_header_bytes);
+            let conn = builder
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(error) = res {
+                tracing::debug!(%error, %peer, "http/1 connection error");
+            }
+        }
+        Protocol::Http2 => {
+            let svc = TowerToHyperService::new(stack(direction, shared, peer, target));
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .keep_alive_interval(Some(limits.idle_timeout / 2))
+                .keep_alive_timeout(Duration::from_secs(20));
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(error) = res {
+                tracing::debug!(%error, %peer, "http/2 connection error");
+            }
+        }
+        Protocol::Tls | Protocol::Opaque => {
+            opaque::forward(io, target, shared, direction).await;
+        }
+    }
+}
+
+/// Reads until [`detect::detect`] decides, the detection buffer is full, the client closes its
+/// side, or `timeout` passes (server-first protocols say nothing: they are opaque).
+async fn detect_protocol(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> std::io::Result<(Protocol, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(detect::MAX_DETECT_BYTES);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(p) = detect::detect(&buf, false) {
+            return Ok((p, buf));
+        }
+        if buf.len() >= detect::MAX_DETECT_BYTES {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_elapsed) => break,
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    let p = detect::detect(&buf, true).unwrap_or(Protocol::Opaque);
+    Ok((p, buf))
+}
+
+/// A started proxy: listeners bound, admin ready, traffic flowing.
+pub struct Running {
+    pub bound: Bound,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// A token that, once cancelled, starts the drain.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the proxy has drained and flushed its spans.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds, starts telemetry, the admin listener and both proxy listeners, and marks the proxy
+/// ready. On shutdown: not ready, stop accepting, let in-flight requests finish within the grace
+/// period, flush spans, stop.
+///
+/// # Errors
+/// A listener could not be bound.
+pub async fn start(
+    config: ProxyConfig,
+    telemetry_config: &crate::config::TelemetryConfig,
+    exporter: Option<crate::telemetry::Exporter>,
+) -> Result<Running, BindError> {
+    let listeners = Listeners::bind(&config).await?;
+    let bound = listeners.bound();
+    let metrics = Metrics::new();
+    let (telemetry, export) = crate::telemetry::start(
+        telemetry_config,
+        config.propagators,
+        metrics.clone(),
+        exporter,
+    );
+    let shared = Arc::new(Shared {
+        telemetry,
+        metrics: metrics.clone(),
+        clients: Clients::new(&config.limits),
+        limits: config.limits,
+        app_addr: config.app_addr,
+    });
+
+    let shutdown = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let ready = crate::admin::Readiness::default();
+    tokio::spawn(crate::admin::serve(
+        listeners.admin,
+        metrics,
+        ready.clone(),
+        admin_stop.clone(),
+    ));
+    let tracker = TaskTracker::new();
+    let accept = [
+        (Direction::Inbound, listeners.inbound),
+        (Direction::Outbound, listeners.outbound),
+    ]
+    .map(|(direction, listener)| {
+        tokio::spawn(serve(
+            direction,
+            listener,
+            shared.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ))
+    });
+    drop(shared);
+    ready.set(true);
+    tracing::info!(
+        inbound = %bound.inbound,
+        outbound = %bound.outbound,
+        admin = %bound.admin,
+        "listening"
+    );
+
+    let grace = config.shutdown_grace;
+    let token = shutdown.clone();
+    let done = tokio::spawn(async move {
+        token.cancelled().await;
+        ready.set(false);
+        for a in accept {
+            let _ = a.await;
+        }
+        tracker.close();
+        tracing::info!(connections = tracker.len(), ?grace, "draining");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                connections = tracker.len(),
+                "grace period over; closing remaining connections"
+            );
+        }
+        export.shutdown().await;
+        admin_stop.cancel();
+        tracing::info!("stopped");
+    });
+    Ok(Running {
+        bound,
+        shutdown,
+        done,
+    })
+}

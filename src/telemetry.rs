@@ -1,0 +1,192 @@
+//! Telemetry: the span layer, the sampler, and export.
+//!
+//! The data path builds a small [`SpanRecord`] (IDs, timings, and cheap `Bytes`-backed clones
+//! of the request's method, URI and a few headers) and hands it to a bounded queue with
+//! `try_send`; a full queue drops the span and counts it. One export task turns records into
+//! OpenTelemetry `SpanData` (where the attribute allocations happen, off the request path) and
+//! ships batches with opentelemetry-otlp, or prints them, or hands them to an in-process sink.
+//! Export can never slow or fail a request.
+//!
+//! Not owned here: header formats ([`crate::context`]) and the metric registry
+//! ([`crate::metrics`]).
+
+pub mod export;
+pub mod sampling;
+pub mod spans;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use http::{HeaderValue, Method, StatusCode, Uri, Version};
+use tokio::sync::mpsc;
+
+pub use self::{
+    export::{ExportTask, Exporter, SpanSink},
+    sampling::Sampler,
+    spans::{SpanLayer, SpanService},
+};
+use crate::{
+    context::{Propagators, SpanContext, SpanId},
+    metrics::Metrics,
+    proxy::ForwardError,
+};
+
+/// `SpanKind::Server` for inbound, `SpanKind::Client` for outbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+/// Everything a finished span needs, captured on the data path without formatting anything.
+#[derive(Debug, Clone)]
+pub struct SpanRecord {
+    pub kind: SpanKind,
+    pub context: SpanContext,
+    pub parent: Option<SpanId>,
+    pub tracestate: Option<HeaderValue>,
+    pub start: SystemTime,
+    pub duration: Duration,
+    pub method: Method,
+    pub uri: Uri,
+    /// `Host` as the client sent it (HTTP/1; for HTTP/2 the URI carries `:authority`). Kept as
+    /// the header value, a cheap clone, and parsed only at export.
+    pub host: Option<HeaderValue>,
+    pub version: Version,
+    pub user_agent: Option<HeaderValue>,
+    /// The peer that sent the request.
+    pub client: SocketAddr,
+    /// Where the request went: the app (inbound) or the upstream (outbound), when known.
+    pub upstream: Option<SocketAddr>,
+    pub grpc: bool,
+    pub status: Option<StatusCode>,
+    pub grpc_status: Option<i32>,
+    pub grpc_message: Option<HeaderValue>,
+    pub outcome: Outcome,
+}
+
+/// How the exchange ended, beyond its status code.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The response body ended (or there was none).
+    Complete,
+    /// The proxy answered itself because forwarding failed.
+    Failed(ForwardError),
+    /// The response body failed mid-stream (upstream reset, client went away).
+    BodyError,
+    /// The response was dropped before its end (client cancelled).
+    Cancelled,
+}
+
+/// What the span layer shares across connections: sampler, propagators, the span queue.
+/// Cloned per request by hyper's service adapter, so it is one `Arc`.
+#[derive(Clone)]
+pub struct Telemetry(Arc<TelemetryInner>);
+
+struct TelemetryInner {
+    sampler: Sampler,
+    propagators: Propagators,
+    queue: Option<mpsc::Sender<SpanRecord>>,
+    metrics: Metrics,
+}
+
+impl Telemetry {
+    /// A telemetry handle and, when spans are exported anywhere, its export task. `queue` is the
+    /// bounded queue's capacity.
+    pub fn new(
+        sampler: Sampler,
+        propagators: Propagators,
+        queue: Option<mpsc::Sender<SpanRecord>>,
+        metrics: Metrics,
+    ) -> Self {
+        Telemetry(Arc::new(TelemetryInner {
+            sampler,
+            propagators,
+            queue,
+            metrics,
+        }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn sampler(&self) -> &Sampler {
+        &self.0.sampler
+    }
+
+    pub fn propagators(&self) -> Propagators {
+        self.0.propagators
+    }
+
+    /// Whether sampled spans go anywhere. When they do not, the span layer skips recording.
+    pub fn records(&self) -> bool {
+        self.0.queue.is_some()
+    }
+
+    /// Hands a finished span to the export queue; never waits. A full or closed queue drops it
+    /// and counts the drop.
+    pub fn submit(&self, record: SpanRecord) {
+        if let Some(queue) = &self.0.queue {
+            match queue.try_send(record) {
+                Ok(()) => {
+                    self.0.metrics.export.queue_depth.inc();
+                }
+                Err(_) => {
+                    self.0.metrics.export.dropped.inc();
+                }
+            }
+        }
+    }
+}
+
+/// The running export task, stopped last at shutdown so the final spans are flushed.
+pub struct ExportHandle {
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: tokio_util::sync::CancellationToken,
+    flush_timeout: Duration,
+}
+
+impl ExportHandle {
+    /// Flushes queued spans (bounded by the export timeout, plus a second) and stops.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            if tokio::time::timeout(self.flush_timeout, task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("span flush did not finish in time; remaining spans dropped");
+            }
+        }
+    }
+}
+
+/// Builds the telemetry handle and starts the export task (if `exporter` is `Some`). Must run
+/// inside the Tokio runtime.
+pub fn start(
+    config: &crate::config::TelemetryConfig,
+    propagators: Propagators,
+    metrics: Metrics,
+    exporter: Option<Exporter>,
+) -> (Telemetry, ExportHandle) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (queue, task) = match exporter {
+        Some(exporter) => {
+            let (tx, task) = ExportTask::new(config, exporter, metrics.export.clone());
+            let task = tokio::spawn(task.run(stop.clone()));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let telemetry = Telemetry::new(Sampler::new(config.sampler), propagators, queue, metrics);
+    let handle = ExportHandle {
+        task,
+        stop,
+        flush_timeout: config.export_timeout + Duration::from_secs(1),
+    };
+    (telemetry, handle)
+}

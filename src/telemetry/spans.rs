@@ -1,0 +1,318 @@
+//! The span layer: extract the incoming context, decide sampling, rewrite the propagation
+//! headers towards the next hop, and record a SERVER (inbound) or CLIENT (outbound) span that
+//! ends when the response body ends, so streaming time is inside the span.
+//!
+//! The same layer serves both directions; only [`SpanKind`] differs. Errors never reach it:
+//! the rescue layer below turns forwarding failures into responses and puts the cause in a
+//! response extension, which this layer reads for the span's status.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::{Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::{Outcome, SpanKind, SpanRecord, Telemetry};
+use crate::{
+    context::{self, SpanContext, SpanId, TraceFlags},
+    proxy::ForwardError,
+};
+
+static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
+
+/// Builds [`SpanService`]s for one connection: the peer is known once per connection.
+/// hyper clones the service for every request, so the state is one `Arc`.
+#[derive(Clone)]
+pub struct SpanLayer(Arc<LayerInner>);
+
+struct LayerInner {
+    kind: SpanKind,
+    telemetry: Telemetry,
+    client: SocketAddr,
+    upstream: Option<SocketAddr>,
+}
+
+impl SpanLayer {
+    pub fn new(
+        kind: SpanKind,
+        telemetry: Telemetry,
+        client: SocketAddr,
+        upstream: Option<SocketAddr>,
+    ) -> Self {
+        SpanLayer(Arc::new(LayerInner {
+            kind,
+            telemetry,
+            client,
+            upstream,
+        }))
+    }
+}
+
+impl<S> tower::Layer<S> for SpanLayer {
+    type Service = SpanService<S>;
+    fn layer(&self, inner: S) -> SpanService<S> {
+        SpanService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct SpanService<S> {
+    inner: S,
+    layer: SpanLayer,
+}
+
+// === impl SpanService ===
+
+impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for SpanService<S>
+where
+    S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let start = Instant::now();
+        let layer = &*self.layer.0;
+        let telemetry = &layer.telemetry;
+        let extracted = context::extract(req.headers());
+        for (format, reason) in extracted.invalid.iter() {
+            telemetry.metrics().invalid_header(format, reason);
+            tracing::debug!(format = format.as_str(), %reason, "ignored invalid trace context header");
+        }
+        let decision = telemetry.sampler().decide(&extracted);
+        let ctx = SpanContext {
+            trace_id: decision.trace_id,
+            span_id: SpanId::random(),
+            flags: if decision.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::NOT_SAMPLED
+            },
+        };
+        let parent = extracted.parent.map(|p| p.span_id);
+        // Only a tracestate that belongs to the continued trace travels on.
+        let tracestate = extracted.tracestate;
+        context::inject(
+            req.headers_mut(),
+            &ctx,
+            tracestate.clone(),
+            telemetry.propagators(),
+        );
+
+        let record = (decision.sampled && telemetry.records()).then(|| {
+            let headers = req.headers();
+            SpanRecord {
+                kind: layer.kind,
+                context: ctx,
+                parent,
+                tracestate,
+                start: SystemTime::now(),
+                duration: Default::default(),
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                host: headers.get(header::HOST).cloned(),
+                version: req.version(),
+                user_agent: headers.get(header::USER_AGENT).cloned(),
+                client: layer.client,
+                upstream: layer.upstream,
+                grpc: is_grpc(headers),
+                status: None,
+                grpc_status: None,
+                grpc_message: None,
+                outcome: Outcome::Complete,
+            }
+        });
+
+        ResponseFuture {
+            inner: self.inner.call(req),
+            span: record.map(|r| Pending {
+                record: r,
+                start,
+                telemetry: telemetry.clone(),
+            }),
+        }
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    let v = headers.get(&GRPC_STATUS)?;
+    std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
+}
+
+/// A sampled span waiting for its response to end.
+struct Pending {
+    record: SpanRecord,
+    start: Instant,
+    telemetry: Telemetry,
+}
+
+impl Pending {
+    fn finish(mut self, outcome: Option<Outcome>) {
+        self.record.duration = self.start.elapsed();
+        if let Some(outcome) = outcome {
+            self.record.outcome = outcome;
+        }
+        self.telemetry.submit(self.record);
+    }
+
+    fn observe_trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(code) = grpc_status(trailers) {
+            self.record.grpc_status = Some(code);
+            self.record.grpc_message = trailers.get(&GRPC_MESSAGE).cloned();
+        }
+    }
+}
+
+pin_project! {
+    /// Resolves to the inner response with its body wrapped so the span ends with the body.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        span: Option<Pending>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let mut span = this.span.take();
+        Poll::Ready(match res {
+            Ok(rsp) => {
+                if let Some(p) = span.as_mut() {
+                    p.record.status = Some(rsp.status());
+                    // Trailers-only gRPC responses carry the status in the headers.
+                    p.observe_trailers(rsp.headers());
+                    if let Some(err) = rsp.extensions().get::<ForwardError>() {
+                        p.record.outcome = Outcome::Failed(err.clone());
+                    }
+                }
+                let (parts, body) = rsp.into_parts();
+                let body = ResponseBody { inner: body, span };
+                Ok(Response::from_parts(parts, body.finish_if_ended()))
+            }
+            Err(e) => {
+                if let Some(p) = span {
+                    p.finish(Some(Outcome::BodyError));
+                }
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// The response body, with the span attached: the span ends at end-of-stream or trailers,
+    /// on a body error, or, when the body is dropped before its end, as cancelled.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        span: Option<Pending>,
+    }
+
+    impl<B> PinnedDrop for ResponseBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(p) = this.project().span.take() {
+                p.finish(Some(Outcome::Cancelled));
+            }
+        }
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    /// A body that is empty from the start (a 204, a HEAD) ends its span now: hyper may never
+    /// poll it.
+    fn finish_if_ended(mut self) -> Self {
+        if self.inner.is_end_stream() {
+            if let Some(p) = self.span.take() {
+                p.finish(None);
+            }
+        }
+        self
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(trailers) = f.trailers_ref() {
+                    if let Some(mut p) = this.span.take() {
+                        p.observe_trailers(trailers);
+                        p.finish(None);
+                    }
+                } else if this.inner.is_end_stream() {
+                    if let Some(p) = this.span.take() {
+                        p.finish(None);
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(p) = this.span.take() {
+                    p.finish(Some(Outcome::BodyError));
+                }
+            }
+            None => {
+                if let Some(p) = this.span.take() {
+                    p.finish(None);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The `traceparent` value a span layer wrote, for tests and the demo.
+pub fn traceparent_of(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get("traceparent")
+}

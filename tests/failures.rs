@@ -1,0 +1,277 @@
+//! Failures the proxy answers for itself: an upstream that refuses (502) or does not answer in
+//! time (504), each with an ERROR span that says why; gRPC callers get a `grpc-status`; and a
+//! collector that is down or stalled never slows or fails a request, while the lost spans are
+//! counted on `/metrics`.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use http::{Method, StatusCode};
+use support::{
+    apps::{App, Behaviour},
+    body, client, eventually,
+    grpc::{self, HealthCheckRequest},
+    otlp::{tree, Mode, OtlpReceiver, ReceivedSpan, SpanKind, SpanStatus},
+    process::{reserve_port, Proxy},
+    DEADLINE,
+};
+
+/// The value of one series in Prometheus text (`name` or `name{labels}`, exactly as rendered).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, rest) = l.split_once(' ')?;
+        (name == series).then(|| rest.split_whitespace().next()?.parse().ok())?
+    })
+}
+
+/// Polls `/metrics` until `series` satisfies `ok`; returns its value.
+async fn wait_for_series(p: &Proxy, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let what = format!("{series} to reach the expected value");
+    let ok = &ok;
+    eventually(DEADLINE, &what, || async move {
+        metric(&p.metrics().await, series).filter(|v| ok(*v))
+    })
+    .await
+}
+
+/// The only span received, after waiting for it.
+async fn one_span(otlp: &OtlpReceiver) -> ReceivedSpan {
+    let spans = otlp.wait_for_spans(1, DEADLINE).await;
+    assert_eq!(spans.len(), 1, "{}", tree(&spans));
+    spans.into_iter().next().expect("one span")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_app_gets_502_and_an_error_server_span_naming_the_address() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    // Free and never listened on: connecting is refused.
+    let app = reserve_port();
+    let p = Proxy::exporting_to(&otlp, "refused-in")
+        .arg("--app-addr")
+        .arg(app.to_string())
+        .start()
+        .await;
+
+    let (status, headers, body) = client::http1_get(p.inbound(), "/orders/7", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(&body[..], b"tracemesh: upstream connection refused\n");
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(!headers.contains_key("grpc-status"), "{headers:?}");
+
+    let s = one_span(&otlp).await;
+    assert_eq!(s.kind, SpanKind::Server);
+    assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
+    assert_eq!(s.status_message, format!("connection to {app} refused"));
+    assert_eq!(s.attr_str("error.type"), Some("connection_refused"));
+    assert_eq!(s.attr_int("http.response.status_code"), Some(502));
+    assert_eq!(s.attr_str("url.path"), Some("/orders/7"));
+    assert!(s.is_root(), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_destination_gets_502_and_an_error_client_span_naming_the_address() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let closed = reserve_port();
+    let p = Proxy::exporting_to(&otlp, "refused-out").start().await;
+
+    let url = format!("http://{closed}/pay");
+    let (status, _, body) = client::http1_proxy_get(p.outbound(), &url, &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(&body[..], b"tracemesh: upstream connection refused\n");
+
+    let s = one_span(&otlp).await;
+    assert_eq!(s.kind, SpanKind::Client);
+    assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
+    assert_eq!(s.status_message, format!("connection to {closed} refused"));
+    assert_eq!(s.attr_str("error.type"), Some("connection_refused"));
+    assert_eq!(s.attr_int("http.response.status_code"), Some(502));
+    assert_eq!(s.attr_str("url.full"), Some(url.as_str()));
+    assert_eq!(s.attr_int("server.port"), Some(i64::from(closed.port())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_app_gets_504_after_the_response_timeout_and_an_error_span() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let app = App::start(Behaviour::Hang).await;
+    let p = Proxy::exporting_to(&otlp, "timeout")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .arg("--response-timeout")
+        .arg("200ms")
+        .start()
+        .await;
+
+    let started = Instant::now();
+    let (status, _, body) = client::http1_get(p.inbound(), "/slow", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(&body[..], b"tracemesh: upstream response timed out\n");
+    assert!(took >= Duration::from_millis(200), "answered after {took:?}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // The request did reach the app: this is a response timeout, not a connect failure.
+    assert_eq!(app.seen_one().uri.path(), "/slow");
+
+    let s = one_span(&otlp).await;
+    assert_eq!(s.kind, SpanKind::Server);
+    assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
+    assert_eq!(
+        s.status_message,
+        format!("no response headers from {} within 200ms", app.addr())
+    );
+    assert_eq!(s.attr_str("error.type"), Some("timeout"));
+    assert_eq!(s.attr_int("http.response.status_code"), Some(504));
+    assert!(s.duration() >= Duration::from_millis(200), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_call_to_a_refused_app_gets_grpc_status_unavailable() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let app = reserve_port();
+    let p = Proxy::exporting_to(&otlp, "grpc-refused")
+        .arg("--app-addr")
+        .arg(app.to_string())
+        .start()
+        .await;
+
+    // The raw exchange: a gRPC-shaped h2c request gets the status in its headers.
+    let empty_message = vec![0u8; 5]; // uncompressed, length 0: an empty HealthCheckRequest
+    let reply = client::h2c_request(
+        p.inbound(),
+        Method::POST,
+        "/grpc.health.v1.Health/Check",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        body::full(empty_message),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.headers["grpc-status"], "14", "{:?}", reply.headers);
+    assert_eq!(reply.headers["grpc-message"], "connection_refused");
+
+    // What a real gRPC client makes of it.
+    let mut health = grpc::health_client(p.inbound()).await;
+    let err = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("the app is down");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    let spans = otlp.wait_for_spans(2, DEADLINE).await;
+    assert_eq!(spans.len(), 2, "{}", tree(&spans));
+    for s in &spans {
+        assert_eq!(s.name, "grpc.health.v1.Health/Check");
+        assert_eq!(s.attr_str("rpc.system"), Some("grpc"));
+        assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(14));
+        assert_eq!(s.attr_str("error.type"), Some("connection_refused"));
+        assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
+        assert_eq!(s.status_message, format!("connection to {app} refused"));
+    }
+}
+
+/// Sends `total` requests from `workers` concurrent clients (one connection each time) and
+/// returns the slowest; every request must be answered 200 `ok`.
+async fn load(inbound: SocketAddr, workers: usize, total: usize) -> Duration {
+    let per_worker = total / workers;
+    let tasks = (0..workers).map(|w| {
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..per_worker {
+                let path = format!("/load/{w}/{i}");
+                let started = Instant::now();
+                let (status, _, body) = client::http1_get(inbound, &path, &[]).await;
+                slowest = slowest.max(started.elapsed());
+                assert_eq!(status, StatusCode::OK, "{path}");
+                assert_eq!(&body[..], b"ok", "{path}");
+            }
+            slowest
+        })
+    });
+    let mut slowest = Duration::ZERO;
+    for t in futures_util::future::join_all(tasks).await {
+        slowest = slowest.max(t.expect("a load worker panicked"));
+    }
+    slowest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_collector_never_slows_requests_and_every_lost_span_is_counted() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let app = App::start(Behaviour::status(200, "ok")).await;
+    let builder = Proxy::exporting_to(&otlp, "collector-refused")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "8")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500")
+        .arg("--app-addr")
+        .arg(app.addr().to_string());
+    // The collector is gone before the proxy starts: every export is refused.
+    drop(otlp);
+    let p = builder.start().await;
+
+    let slowest = load(p.inbound(), 8, 200).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    assert_eq!(app.seen().len(), 200);
+
+    wait_for_series(&p, "tracemesh_span_export_errors_total", |v| v > 0.0).await;
+    // Each of the 200 spans is lost, either at the full queue or in a failed export, and each
+    // is counted exactly once.
+    wait_for_series(&p, "tracemesh_spans_dropped_total", |v| v == 200.0).await;
+    let text = p.metrics().await;
+    assert_eq!(metric(&text, "tracemesh_spans_exported_total"), Some(0.0));
+    assert_eq!(
+        metric(&text, "tracemesh_span_export_queue_depth"),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_collector_never_slows_requests_drops_are_counted_and_export_resumes() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    otlp.set_mode(Mode::Stall);
+    let app = App::start(Behaviour::status(200, "ok")).await;
+    // An export timeout far above the latency bound below: a request that waited for export
+    // (or for room in the queue) would show.
+    let p = Proxy::exporting_to(&otlp, "collector-stalled")
+        .env("OTEL_BSP_MAX_QUEUE_SIZE", "8")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "3000")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .start()
+        .await;
+
+    let slowest = load(p.inbound(), 8, 200).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    assert_eq!(app.seen().len(), 200);
+
+    // At most one batch is stalled in export and 8 spans wait in the queue; the rest are dropped.
+    let dropped = wait_for_series(&p, "tracemesh_spans_dropped_total", |v| v > 0.0).await;
+    assert!(dropped >= 200.0 - 16.0, "only {dropped} spans dropped");
+    assert!(otlp.requests() >= 1, "no export reached the collector");
+    // The stalled call times out after 3 s and is counted as an export error.
+    wait_for_series(&p, "tracemesh_span_export_errors_total", |v| v > 0.0).await;
+    assert_eq!(
+        metric(&p.metrics().await, "tracemesh_spans_exported_total"),
+        Some(0.0)
+    );
+
+    // The collector recovers: new spans get through again.
+    otlp.set_mode(Mode::Ok);
+    let (status, _, _) = client::http1_get(p.inbound(), "/after-recovery", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    otlp.wait_until(DEADLINE, "the span of /after-recovery", |spans| {
+        spans
+            .iter()
+            .any(|s| s.attr_str("url.path") == Some("/after-recovery"))
+    })
+    .await;
+    wait_for_series(&p, "tracemesh_spans_exported_total", |v| v >= 1.0).await;
+}
