@@ -110,7 +110,10 @@ async fn hung_app_gets_504_after_the_response_timeout_and_an_error_span() {
     let took = started.elapsed();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(&body[..], b"tracemesh: upstream response timed out\n");
-    assert!(took >= Duration::from_millis(200), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(200),
+        "answered after {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     // The request did reach the app: this is a response timeout, not a connect failure.
     assert_eq!(app.seen_one().uri.path(), "/slow");

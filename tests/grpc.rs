@@ -25,11 +25,11 @@ use prost::Message as _;
 use support::{
     body,
     client::{self, Reply},
+    grpc::GrpcServer,
     grpc::{
         channel, check, health_client, watch, BytesCodec, EchoClient, HealthCheckRequest,
         ServingStatus, ECHO_BIDI, ECHO_SERVER_STREAM, KNOWN_SERVICE,
     },
-    grpc::GrpcServer,
     otlp::{tree, OtlpReceiver, ReceivedSpan, SpanKind, SpanStatus},
     process::Proxy,
     serve::{self, Served},
@@ -60,7 +60,12 @@ fn span_named<'a>(spans: &'a [ReceivedSpan], kind: SpanKind, name: &str) -> &'a 
         .iter()
         .filter(|s| s.kind == kind && s.name == name)
         .collect();
-    assert_eq!(found.len(), 1, "one {kind:?} span {name:?}:\n{}", tree(spans));
+    assert_eq!(
+        found.len(),
+        1,
+        "one {kind:?} span {name:?}:\n{}",
+        tree(spans)
+    );
     found[0]
 }
 
@@ -70,14 +75,26 @@ fn assert_rpc_span(span: &ReceivedSpan, service: &str, method: &str, code: i64) 
     assert_eq!(span.attr_str("rpc.system"), Some("grpc"), "{span:#?}");
     assert_eq!(span.attr_str("rpc.service"), Some(service), "{span:#?}");
     assert_eq!(span.attr_str("rpc.method"), Some(method), "{span:#?}");
-    assert_eq!(span.attr_int("rpc.grpc.status_code"), Some(code), "{span:#?}");
-    assert_eq!(span.attr_str("http.request.method"), Some("POST"), "{span:#?}");
+    assert_eq!(
+        span.attr_int("rpc.grpc.status_code"),
+        Some(code),
+        "{span:#?}"
+    );
+    assert_eq!(
+        span.attr_str("http.request.method"),
+        Some("POST"),
+        "{span:#?}"
+    );
     assert_eq!(
         span.attr_str("url.path"),
         Some(format!("/{service}/{method}").as_str()),
         "{span:#?}"
     );
-    assert_eq!(span.attr_int("http.response.status_code"), Some(200), "{span:#?}");
+    assert_eq!(
+        span.attr_int("http.response.status_code"),
+        Some(200),
+        "{span:#?}"
+    );
     assert_eq!(
         span.attr_str("network.protocol.version"),
         Some("2"),
@@ -94,7 +111,8 @@ fn assert_unset(span: &ReceivedSpan) {
 fn assert_error(span: &ReceivedSpan, code: i64) {
     assert_eq!(span.status_code, SpanStatus::Error, "{span:#?}");
     assert!(
-        span.status_message.starts_with(&format!("grpc-status {code}")),
+        span.status_message
+            .starts_with(&format!("grpc-status {code}")),
         "{span:#?}"
     );
     assert_eq!(
@@ -228,7 +246,10 @@ async fn every_grpc_code_reaches_the_client_and_server_faults_alone_are_errors()
     for code in 1..=16 {
         let traceparent = format!("00-{}-00000000000000aa-01", trace_of(code));
         let status = echo
-            .unary(format!("fail:{code}").as_bytes(), &[("traceparent", &traceparent)])
+            .unary(
+                format!("fail:{code}").as_bytes(),
+                &[("traceparent", &traceparent)],
+            )
             .await
             .expect_err("fail:<code> ends the call with that code");
         assert_eq!(status.code(), Code::from_i32(code), "{status:?}");
@@ -269,7 +290,10 @@ async fn grpc_status_and_message_pass_through_exactly_in_trailers_and_trailers_o
     assert_eq!(proxied.status, StatusCode::OK);
     assert_eq!(proxied.headers["content-type"], "application/grpc");
     assert_eq!(proxied.headers["grpc-status"], "5");
-    assert_eq!(proxied.headers["grpc-message"], "service%20not%20registered");
+    assert_eq!(
+        proxied.headers["grpc-message"],
+        "service%20not%20registered"
+    );
     assert_eq!(&proxied.body[..], b"");
     assert_same_reply(&direct, &proxied);
 
@@ -312,7 +336,9 @@ async fn server_client_and_bidi_streams_pass_through_byte_exact_and_in_order() {
     let mut echo = EchoClient::connect(proxy.inbound(), None).await;
 
     // Server streaming: one reply per line, in order.
-    let lines: Vec<String> = (0..50).map(|i| format!("line {i} {}", "x".repeat(i * 31))).collect();
+    let lines: Vec<String> = (0..50)
+        .map(|i| format!("line {i} {}", "x".repeat(i * 31)))
+        .collect();
     let replies = echo
         .server_stream(lines.join("\n").as_bytes(), &[])
         .await
@@ -365,9 +391,8 @@ async fn bidi_span_lasts_until_the_stream_ends() {
     let mut grpc = tonic::client::Grpc::new(channel(proxy.inbound(), None).await);
     grpc.ready().await.expect("channel ready");
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let outgoing = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|m| (m, rx))
-    });
+    let outgoing =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
 
     // Ping-pong: each message is sent only after the previous one came back, GAP later, so the
     // stream lives at least (MESSAGES - 1) * GAP and the server cannot end it any earlier.
@@ -473,7 +498,10 @@ async fn outbound_call_routed_by_authority_is_the_parent_of_the_next_server_span
     // The channel dials A's outbound listener; `:authority` names B, which is where it goes.
     let authority = b.inbound().to_string();
     let mut echo = EchoClient::connect(a.outbound(), Some(&authority)).await;
-    let reply = echo.unary(b"across two proxies", &[]).await.expect("Unary succeeds");
+    let reply = echo
+        .unary(b"across two proxies", &[])
+        .await
+        .expect("Unary succeeds");
     assert_eq!(&reply[..], b"across two proxies");
 
     let spans = otlp.wait_for_spans(2, DEADLINE).await;
@@ -483,8 +511,18 @@ async fn outbound_call_routed_by_authority_is_the_parent_of_the_next_server_span
     assert_eq!(client_span.resource["service.name"], "a");
     assert_eq!(server_span.resource["service.name"], "b");
     assert!(client_span.is_root(), "{}", tree(&spans));
-    assert_eq!(server_span.trace_id, client_span.trace_id, "{}", tree(&spans));
-    assert_eq!(server_span.parent_span_id, client_span.span_id, "{}", tree(&spans));
+    assert_eq!(
+        server_span.trace_id,
+        client_span.trace_id,
+        "{}",
+        tree(&spans)
+    );
+    assert_eq!(
+        server_span.parent_span_id,
+        client_span.span_id,
+        "{}",
+        tree(&spans)
+    );
     for span in [client_span, server_span] {
         assert_rpc_span(span, "tracemesh.test.Echo", "Unary", 0);
         assert_unset(span);
@@ -498,7 +536,11 @@ async fn outbound_call_routed_by_authority_is_the_parent_of_the_next_server_span
         client_span.attr_int("server.port"),
         Some(i64::from(b.inbound().port()))
     );
-    assert!(client_span.duration() >= server_span.duration(), "{}", tree(&spans));
+    assert!(
+        client_span.duration() >= server_span.duration(),
+        "{}",
+        tree(&spans)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +563,12 @@ async fn non_ok_code_is_an_error_on_the_client_span_but_not_the_server_span() {
     assert_eq!(spans.len(), 2, "{}", tree(&spans));
     let client_span = span_named(&spans, SpanKind::Client, "tracemesh.test.Echo/Unary");
     let server_span = span_named(&spans, SpanKind::Server, "tracemesh.test.Echo/Unary");
-    assert_eq!(server_span.parent_span_id, client_span.span_id, "{}", tree(&spans));
+    assert_eq!(
+        server_span.parent_span_id,
+        client_span.span_id,
+        "{}",
+        tree(&spans)
+    );
     assert_rpc_span(client_span, "tracemesh.test.Echo", "Unary", 5);
     assert_rpc_span(server_span, "tracemesh.test.Echo", "Unary", 5);
     assert_error(client_span, 5);
@@ -580,7 +627,10 @@ async fn trace_context_in_metadata_is_continued_and_rewritten_for_the_server() {
         .unary(
             b"w3c",
             &[
-                ("traceparent", &format!("00-{w3c_trace}-00f067aa0ba902b7-01")),
+                (
+                    "traceparent",
+                    &format!("00-{w3c_trace}-00f067aa0ba902b7-01"),
+                ),
                 ("tracestate", "vendor=abc,other=1"),
             ],
         )

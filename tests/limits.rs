@@ -209,14 +209,23 @@ async fn connection_over_the_limit_waits_until_one_closes() {
 
     // The third connects (the kernel's backlog takes it) but is not served.
     let third = tokio::spawn(async move {
-        let req = client::request(Method::GET, "/third", &inbound.to_string(), &[], body::empty());
+        let req = client::request(
+            Method::GET,
+            "/third",
+            &inbound.to_string(),
+            &[],
+            body::empty(),
+        );
         let rsp = client::send_http1(inbound, req).await;
         let served = Instant::now();
         (client::read_reply(rsp).await, served)
     });
     // This test is about waiting: give the third request ample time to be (wrongly) served.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!third.is_finished(), "the third connection was served at the limit");
+    assert!(
+        !third.is_finished(),
+        "the third connection was served at the limit"
+    );
     assert_eq!(app.seen().len(), 2);
     let open = "tracemesh_open_connections{direction=\"inbound\"}";
     assert_eq!(metric(&p.metrics().await, open), Some(2.0));

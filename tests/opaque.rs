@@ -10,8 +10,9 @@ use std::{
 };
 
 use support::{
-    client, eventually,
+    client,
     echo::{ws_echo, TcpEcho, WsEcho},
+    eventually,
     otlp::{tree, OtlpReceiver, SpanKind, SpanStatus},
     process::{reserve_port, Proxy, ProxyBuilder},
     serve, DEADLINE,
@@ -113,7 +114,11 @@ async fn non_http_bytes_pass_through_inbound_byte_for_byte_and_are_counted() {
     let resp = b"*1\r\n$4\r\nPING\r\n".to_vec();
 
     let mut total = 0u64;
-    for (what, sent) in [("1 MiB of noise", &big), ("binary blob", &blob), ("RESP", &resp)] {
+    for (what, sent) in [
+        ("1 MiB of noise", &big),
+        ("binary blob", &blob),
+        ("RESP", &resp),
+    ] {
         let got = client::tcp_roundtrip(p.inbound(), sent, DEADLINE).await;
         assert_same_bytes(&got, sent, what);
         total += sent.len() as u64;
@@ -292,14 +297,19 @@ async fn connect_tunnel_through_outbound_carries_bytes_both_ways() {
     let target = echo.addr();
     let mut stream = TcpStream::connect(p.outbound()).await.expect("connecting");
     let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    stream.write_all(connect.as_bytes()).await.expect("writing CONNECT");
+    stream
+        .write_all(connect.as_bytes())
+        .await
+        .expect("writing CONNECT");
     let head = read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head:?}");
 
     let payload = noise(256 * 1024, 11);
     let (mut rd, mut wr) = stream.split();
     let write = async {
-        wr.write_all(&payload).await.expect("writing through the tunnel");
+        wr.write_all(&payload)
+            .await
+            .expect("writing through the tunnel");
         wr.shutdown().await.expect("half-closing the tunnel");
     };
     let mut got = Vec::new();
@@ -334,7 +344,8 @@ async fn connect_to_a_closed_port_is_answered_502() {
         .start()
         .await;
     let closed = reserve_port();
-    let request = format!("CONNECT {closed} HTTP/1.1\r\nHost: {closed}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("CONNECT {closed} HTTP/1.1\r\nHost: {closed}\r\nConnection: close\r\n\r\n");
     let answer = client::raw_request(p.outbound(), request.as_bytes(), DEADLINE).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");

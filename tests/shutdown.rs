@@ -35,9 +35,10 @@ async fn h2c_connection(addr: SocketAddr) -> SendRequest<BoxBody> {
     let stream = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap_or_else(|e| panic!("h2c handshake with {addr}: {e}"));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("h2c handshake with {addr}: {e}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -46,7 +47,13 @@ async fn h2c_connection(addr: SocketAddr) -> SendRequest<BoxBody> {
 
 /// `GET /ready` on a fresh connection: its status, or `None` when the admin listener is gone.
 async fn ready_status(admin: SocketAddr) -> Option<StatusCode> {
-    let req = client::request(Method::GET, "/ready", &admin.to_string(), &[], body::empty());
+    let req = client::request(
+        Method::GET,
+        "/ready",
+        &admin.to_string(),
+        &[],
+        body::empty(),
+    );
     let rsp = client::try_send_http1(admin, req).await.ok()?;
     Some(rsp.status())
 }
@@ -94,7 +101,8 @@ async fn sigterm_drains_in_flight_h1_and_h2_requests_then_flushes_spans_and_exit
     for i in 0..H1 {
         let path = format!("/h1/{i}");
         in_flight.push(tokio::spawn(async move {
-            let reply = client::http1_request(inbound, Method::GET, &path, &[], body::empty()).await;
+            let reply =
+                client::http1_request(inbound, Method::GET, &path, &[], body::empty()).await;
             (path, reply)
         }));
     }
@@ -200,7 +208,13 @@ async fn request_outliving_the_grace_period_does_not_hold_the_exit() {
         .await;
     let inbound = p.inbound();
     let hung = tokio::spawn(async move {
-        let req = client::request(Method::GET, "/forever", &inbound.to_string(), &[], body::empty());
+        let req = client::request(
+            Method::GET,
+            "/forever",
+            &inbound.to_string(),
+            &[],
+            body::empty(),
+        );
         client::try_send_http1(inbound, req)
             .await
             .map(|rsp| rsp.status())
@@ -215,8 +229,14 @@ async fn request_outliving_the_grace_period_does_not_hold_the_exit() {
         .unwrap_or_else(|| panic!("a hung request held the exit for 5 s\n{:#?}", p.logs()));
     let took = terminated.elapsed();
     assert_eq!(status.code(), Some(0), "{status}\n{:#?}", p.logs());
-    assert!(took >= Duration::from_millis(300), "the grace period was not given: {took:?}");
-    assert!(took < Duration::from_secs(3), "exited {took:?} after SIGTERM");
+    assert!(
+        took >= Duration::from_millis(300),
+        "the grace period was not given: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM"
+    );
     assert!(p.logs_contain("grace period over"), "{:#?}", p.logs());
 
     // The cut request ends without a response.
@@ -224,7 +244,10 @@ async fn request_outliving_the_grace_period_does_not_hold_the_exit() {
         .await
         .expect("the hung request still open after the proxy exited")
         .expect("the request task panicked");
-    assert!(outcome.is_err(), "the hung request was answered: {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "the hung request was answered: {outcome:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +272,10 @@ async fn idle_proxy_exits_0_promptly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{status}");
     // The default grace period is 25 s; nothing is in flight, so none of it is used.
     let took = terminated.elapsed();
-    assert!(took < Duration::from_secs(2), "exited {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM"
+    );
     // The span of the request made before SIGTERM was exported (flushed at the latest).
     let spans = otlp.wait_for_spans(1, DEADLINE).await;
     assert_eq!(spans.len(), 1, "{}", tree(&spans));

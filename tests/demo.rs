@@ -1,0 +1,73 @@
+//! `tracemesh demo` (README's first command) prints one tree per trace: checkout's SERVER span,
+//! its two CLIENT spans, and the SERVER spans of inventory and payment beneath them.
+
+mod support;
+
+use std::{process::Stdio, time::Duration};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
+    let child = tokio::process::Command::from(support::process::command())
+        .args(["demo", "--requests", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning tracemesh demo");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("demo finishes within 30 s")
+        .expect("demo output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let traces: Vec<&str> = stdout.split("trace ").skip(1).collect();
+    // Two plain requests and one from a B3 client; every trace has 5 spans.
+    let headers: Vec<&str> = traces.iter().filter_map(|t| t.lines().next()).collect();
+    assert_eq!(headers.len(), 3, "{stdout}");
+    assert!(headers.iter().all(|h| h.contains("(5 spans")), "{stdout}");
+    let b3 = traces
+        .iter()
+        .find(|t| t.starts_with("0000000000000000463ac35c9f6413ad"))
+        .unwrap_or_else(|| panic!("no left-padded B3 trace:\n{stdout}"));
+
+    // The shape of the tree, line by line: label, kind, service.
+    let rows: Vec<Vec<&str>> = b3
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| !["├─", "└─", "│"].contains(w))
+                .collect()
+        })
+        .collect();
+    let expect = [
+        ["GET", "/checkout", "server", "checkout"],
+        ["GET", "/inventory", "client", "checkout"],
+        ["GET", "/inventory", "server", "inventory"],
+        ["GET", "/payment", "client", "checkout"],
+        ["GET", "/payment", "server", "payment"],
+    ];
+    assert_eq!(rows.len(), expect.len(), "{b3}");
+    for (row, want) in rows.iter().zip(expect) {
+        assert_eq!(&row[..4], &want[..], "{b3}");
+        assert_eq!(row.last(), Some(&"200"), "{b3}");
+    }
+    // Indentation: client spans under the root, server spans under their client span.
+    let lines: Vec<&str> = b3
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(lines[0].starts_with("GET /checkout"), "{b3}");
+    assert!(lines[1].starts_with("├─ GET /inventory"), "{b3}");
+    assert!(lines[2].starts_with("│  └─ GET /inventory"), "{b3}");
+    assert!(lines[3].starts_with("└─ GET /payment"), "{b3}");
+    assert!(lines[4].starts_with("   └─ GET /payment"), "{b3}");
+}
