@@ -120,6 +120,7 @@ pub fn stack(
     shared: &Shared,
     client: SocketAddr,
     target: Target,
+    tracker: &TaskTracker,
 ) -> impl tower::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::telemetry::spans::ResponseBody<ProxyBody>>,
@@ -138,6 +139,7 @@ pub fn stack(
         target,
         shared.limits,
         shared.metrics.connections(direction).clone(),
+        tracker.clone(),
     );
     SpanLayer::new(kind, shared.telemetry.clone(), client, upstream).layer(Rescue::new(forward))
 }
@@ -172,10 +174,20 @@ pub async fn serve(
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
+        let conn_tracker = tracker.clone();
         tracker.spawn(async move {
             let open = shared.metrics.connections(direction).open.clone();
             open.inc();
-            serve_connection(direction, stream, peer, own, &shared, shutdown).await;
+            serve_connection(
+                direction,
+                stream,
+                peer,
+                own,
+                &shared,
+                shutdown,
+                &conn_tracker,
+            )
+            .await;
             open.dec();
             drop(permit);
         });
@@ -189,6 +201,7 @@ async fn serve_connection(
     own: SocketAddr,
     shared: &Shared,
     shutdown: CancellationToken,
+    tracker: &TaskTracker,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(own);
@@ -211,7 +224,7 @@ async fn serve_connection(
 
     match protocol {
         Protocol::Http1 => {
-            let svc = TowerToHyperService::new(stack(direction, shared, peer, target));
+            let svc = TowerToHyperService::new(stack(direction, shared, peer, target, tracker));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -234,7 +247,7 @@ async fn serve_connection(
             }
         }
         Protocol::Http2 => {
-            let svc = TowerToHyperService::new(stack(direction, shared, peer, target));
+            let svc = TowerToHyperService::new(stack(direction, shared, peer, target, tracker));
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())

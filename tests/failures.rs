@@ -176,6 +176,99 @@ async fn grpc_call_to_a_refused_app_gets_grpc_status_unavailable() {
     }
 }
 
+/// A listener that never accepts, with its accept queue already full: Linux drops further SYNs,
+/// so a connect to it hangs (until the connector gives up). The streams keep the queue full.
+async fn unresponsive_listener() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("binding 127.0.0.1:0");
+    let listener = socket.listen(0).expect("listening");
+    let addr = listener.local_addr().expect("a bound address");
+    let mut queued = Vec::new();
+    for _ in 0..16 {
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        );
+        match attempt.await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(e)) => panic!("connecting to {addr}: {e}"),
+            // This SYN was dropped: the queue is full.
+            Err(_) => return (listener, queued),
+        }
+    }
+    panic!(
+        "{addr}'s accept queue took {} connections and is not full",
+        queued.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_app_gets_504_after_the_connect_timeout_and_an_error_span() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let (app, _queued) = unresponsive_listener().await;
+    let app = app.local_addr().expect("a bound address");
+    let p = Proxy::exporting_to(&otlp, "connect-timeout")
+        .arg("--app-addr")
+        .arg(app.to_string())
+        .arg("--connect-timeout")
+        .arg("200ms")
+        .start()
+        .await;
+
+    let started = Instant::now();
+    let (status, _, body) = client::http1_get(p.inbound(), "/", &[]).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(&body[..], b"tracemesh: upstream connect timed out\n");
+    assert!(
+        took >= Duration::from_millis(200),
+        "answered after {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+
+    let s = one_span(&otlp).await;
+    assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
+    assert_eq!(
+        s.status_message,
+        format!("no connection to {app} within 200ms")
+    );
+    assert_eq!(s.attr_str("error.type"), Some("connect_timeout"));
+    assert_eq!(s.attr_int("http.response.status_code"), Some(504));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_call_to_a_hung_app_gets_grpc_status_deadline_exceeded() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let app = App::start(Behaviour::Hang).await;
+    let p = Proxy::exporting_to(&otlp, "grpc-timeout")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .arg("--response-timeout")
+        .arg("200ms")
+        .start()
+        .await;
+
+    let reply = client::h2c_request(
+        p.inbound(),
+        Method::POST,
+        "/tracemesh.test.Echo/Unary",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        body::full(vec![0u8; 5]),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.headers["grpc-status"], "4", "{:?}", reply.headers);
+    assert_eq!(reply.headers["grpc-message"], "timeout");
+
+    let s = one_span(&otlp).await;
+    assert_eq!(s.name, "tracemesh.test.Echo/Unary");
+    assert_eq!(s.attr_int("rpc.grpc.status_code"), Some(4));
+    assert_eq!(s.attr_str("error.type"), Some("timeout"));
+    assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
+}
+
 /// Sends `total` requests from `workers` concurrent clients (one connection each time) and
 /// returns the slowest; every request must be answered 200 `ok`.
 async fn load(inbound: SocketAddr, workers: usize, total: usize) -> Duration {

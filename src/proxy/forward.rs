@@ -32,6 +32,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use pin_project_lite::pin_project;
+use tokio_util::task::TaskTracker;
 
 use crate::{config::Limits, metrics::ConnectionMetrics};
 
@@ -421,6 +422,9 @@ struct ForwardInner {
     target: Target,
     limits: Limits,
     opaque: ConnectionMetrics,
+    /// Upgraded streams and tunnels outlive their request: they join the drain like any
+    /// connection, so shutdown gives them the same grace.
+    tracker: TaskTracker,
 }
 
 impl Forward {
@@ -429,12 +433,14 @@ impl Forward {
         target: Target,
         limits: Limits,
         opaque: ConnectionMetrics,
+        tracker: TaskTracker,
     ) -> Self {
         Forward(Arc::new(ForwardInner {
             clients,
             target,
             limits,
             opaque,
+            tracker,
         }))
     }
 }
@@ -462,6 +468,7 @@ impl tower::Service<Request<Incoming>> for Forward {
                 authority,
                 this.limits.connect_timeout,
                 this.opaque.clone(),
+                this.tracker.clone(),
             );
         }
 
@@ -499,6 +506,7 @@ impl tower::Service<Request<Incoming>> for Forward {
             limits: this.limits,
             on_upgrade,
             opaque: this.opaque.clone(),
+            tracker: this.tracker.clone(),
         }
     }
 }
@@ -514,6 +522,7 @@ pin_project! {
             limits: Limits,
             on_upgrade: Option<hyper::upgrade::OnUpgrade>,
             opaque: ConnectionMetrics,
+            tracker: TaskTracker,
         },
         Tunnel { fut: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ForwardError>> + Send>> },
         Failed { error: Option<ForwardError> },
@@ -531,6 +540,7 @@ impl ForwardFuture {
         authority: Authority,
         connect_timeout: Duration,
         opaque: ConnectionMetrics,
+        tracker: TaskTracker,
     ) -> Self {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let fut = async move {
@@ -560,7 +570,7 @@ impl ForwardFuture {
                     Ok(Ok(s)) => s,
                 };
             let _ = upstream.set_nodelay(true);
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 if let Ok(client) = on_upgrade.await {
                     let mut client = TokioIo::new(client);
                     let mut upstream = upstream;
@@ -588,6 +598,7 @@ impl Future for ForwardFuture {
                 limits,
                 on_upgrade,
                 opaque,
+                tracker,
             } => {
                 let res = match ready!(fut.poll(cx)) {
                     Err(_elapsed) => {
@@ -606,7 +617,7 @@ impl Future for ForwardFuture {
                     if let Some(client_upgrade) = on_upgrade.take() {
                         let upstream_upgrade = hyper::upgrade::on(&mut rsp);
                         let opaque = opaque.clone();
-                        tokio::spawn(async move {
+                        tracker.spawn(async move {
                             if let (Ok(client), Ok(upstream)) =
                                 (client_upgrade.await, upstream_upgrade.await)
                             {
