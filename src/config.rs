@@ -515,7 +515,9 @@ pub fn workload_of_pod(pod: &str) -> String {
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (`OTEL_RESOURCE_ATTRIBUTES` values, gRPC's `grpc-message`). `None` on
+/// a malformed escape or a result that is not UTF-8.
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -25,10 +25,9 @@ use prost::Message as _;
 use support::{
     body,
     client::{self, Reply},
-    grpc::GrpcServer,
     grpc::{
-        channel, check, health_client, watch, BytesCodec, EchoClient, HealthCheckRequest,
-        ServingStatus, ECHO_BIDI, ECHO_SERVER_STREAM, KNOWN_SERVICE,
+        channel, check, health_client, watch, BytesCodec, EchoClient, GrpcServer,
+        HealthCheckRequest, ServingStatus, ECHO_BIDI, ECHO_SERVER_STREAM, KNOWN_SERVICE,
     },
     otlp::{tree, OtlpReceiver, ReceivedSpan, SpanKind, SpanStatus},
     process::Proxy,

@@ -379,11 +379,17 @@ fn span_status(r: &SpanRecord) -> (Status, Option<String>) {
                 Some("body_error".to_owned()),
             )
         }
+        // A client that goes away is not the server's fault (as gRPC CANCELLED is not a server
+        // fault in the RPC conventions): the server span says why but stays Unset. For a
+        // client span, a call that did not complete is an error.
         Outcome::Cancelled => {
-            return (
-                Status::error("cancelled: the response was dropped before its end"),
-                Some("cancelled".to_owned()),
-            )
+            let status = match r.kind {
+                SpanKind::Server => Status::Unset,
+                SpanKind::Client => {
+                    Status::error("cancelled: the response was dropped before its end")
+                }
+            };
+            return (status, Some("cancelled".to_owned()));
         }
         Outcome::Complete => {}
     }
@@ -395,11 +401,13 @@ fn span_status(r: &SpanRecord) -> (Status, Option<String>) {
                 SpanKind::Client => code != 0,
             };
             if is_error {
+                // grpc-message is percent-encoded on the wire (gRPC over HTTP/2 spec).
                 let msg = r
                     .grpc_message
                     .as_ref()
                     .and_then(|m| m.to_str().ok())
-                    .unwrap_or("");
+                    .map(|m| crate::config::percent_decode(m).unwrap_or_else(|| m.to_owned()))
+                    .unwrap_or_default();
                 return (
                     Status::error(format!("grpc-status {code} {msg}").trim_end().to_owned()),
                     Some(code.to_string()),
@@ -446,5 +454,75 @@ fn console_line(out: &mut String, service: &str, s: &SpanData) {
 impl ForwardError {
     fn kind_str(&self) -> &'static str {
         self.kind().as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::{SpanContext, SpanId, TraceFlags, TraceId};
+
+    fn record(kind: SpanKind, grpc_status: Option<i32>, outcome: Outcome) -> SpanRecord {
+        SpanRecord {
+            kind,
+            context: SpanContext {
+                trace_id: TraceId([7; 16]),
+                span_id: SpanId([8; 8]),
+                flags: TraceFlags::SAMPLED,
+            },
+            parent: Some(SpanId([9; 8])),
+            tracestate: None,
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(5),
+            method: http::Method::POST,
+            uri: "/pkg.Svc/Do?x=1".parse().unwrap(),
+            host: Some(http::HeaderValue::from_static("svc:8080")),
+            version: http::Version::HTTP_2,
+            user_agent: None,
+            client: "127.0.0.1:5000".parse().unwrap(),
+            upstream: None,
+            grpc: grpc_status.is_some(),
+            status: Some(http::StatusCode::OK),
+            grpc_status,
+            grpc_message: Some(http::HeaderValue::from_static("asked%20to%20fail")),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_decoded_into_the_status() {
+        let (status, error_type) =
+            span_status(&record(SpanKind::Server, Some(13), Outcome::Complete));
+        assert_eq!(status, Status::error("grpc-status 13 asked to fail"));
+        assert_eq!(error_type.as_deref(), Some("13"));
+    }
+
+    #[test]
+    fn client_cancel_is_not_a_server_error_but_is_a_client_error() {
+        let (s, t) = span_status(&record(SpanKind::Server, None, Outcome::Cancelled));
+        assert_eq!(s, Status::Unset);
+        assert_eq!(t.as_deref(), Some("cancelled"));
+        let (s, _) = span_status(&record(SpanKind::Client, None, Outcome::Cancelled));
+        assert!(matches!(s, Status::Error { .. }));
+    }
+
+    #[test]
+    fn grpc_span_is_named_service_slash_method_and_drops_the_query() {
+        let scope = InstrumentationScope::builder("t").build();
+        let data = to_span_data(record(SpanKind::Server, Some(0), Outcome::Complete), &scope);
+        assert_eq!(data.name, "pkg.Svc/Do");
+        let attr = |k: &str| {
+            data.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attr("url.path").as_deref(), Some("/pkg.Svc/Do"));
+        assert_eq!(attr("rpc.service").as_deref(), Some("pkg.Svc"));
+        assert_eq!(attr("rpc.method").as_deref(), Some("Do"));
+        assert_eq!(attr("server.address").as_deref(), Some("svc"));
+        assert_eq!(attr("server.port").as_deref(), Some("8080"));
+        assert_eq!(data.status, Status::Unset);
+        assert_eq!(data.parent_span_id, OtelSpanId::from_bytes([9; 8]));
     }
 }

@@ -84,7 +84,12 @@ where
                         let _ = stream.set_nodelay(true);
                         connections.spawn(handler(stream, peer));
                     }
-                    Err(e) => eprintln!("[peer {addr}] accept failed: {e}"),
+                    // After `Served::drop` shuts the listener down, accept fails until the
+                    // task is aborted: stop accepting rather than spin.
+                    Err(e) => {
+                        eprintln!("[peer {addr}] accept failed, no longer accepting: {e}");
+                        std::future::pending::<()>().await;
+                    }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
