@@ -3,7 +3,8 @@
 //! - `GET /live`: 200 while the process runs (liveness probe).
 //! - `GET /ready`: 200 once every listener is bound, 503 before that and once shutdown begins
 //!   (readiness probe: Kubernetes stops routing to a draining pod).
-//! - `GET /metrics`: the Prometheus exposition of [`crate::metrics::Metrics`].
+//! - `GET /metrics`: [`crate::metrics::Metrics`]: OpenMetrics 1.0 with exemplars when `Accept`
+//!   asks for `application/openmetrics-text`, else the classic Prometheus text format.
 //!
 //! Anything else is 404. The admin listener is plain HTTP/1.1 and is not traced.
 
@@ -55,9 +56,10 @@ pub async fn serve(
         let metrics = metrics.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let rsp = respond(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(rsp) }
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                let ready = ready.clone();
+                async move { Ok::<_, Infallible>(respond(req, metrics, ready).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -67,7 +69,7 @@ pub async fn serve(
     }
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {
+async fn respond<B>(req: Request<B>, metrics: Metrics, ready: Readiness) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -81,12 +83,25 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, ready: &Readiness) -> Respons
         "/ready" if ready.get() => text(StatusCode::OK, "ready\n"),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render_text())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // Rendering reads /proc (process_* metrics): keep it off the async workers.
+            let rendered =
+                tokio::task::spawn_blocking(move || metrics.render(accept.as_deref())).await;
+            match rendered {
+                Ok((content_type, body)) => {
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(content_type),
+                    );
+                    r
+                }
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n"),
+            }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

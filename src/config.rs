@@ -6,6 +6,8 @@
 //! mutating the process environment. A bad value is a [`ConfigError`] naming the value and its
 //! origin; `main` prints it on one line and exits with code 64 before anything listens.
 
+pub mod routes;
+
 use std::{fmt, net::SocketAddr, num::NonZeroUsize, str::FromStr, time::Duration};
 
 use crate::context::Propagators;
@@ -24,6 +26,8 @@ pub const ENV_IDLE_TIMEOUT: &str = "TRACEMESH_IDLE_TIMEOUT";
 pub const ENV_DETECT_TIMEOUT: &str = "TRACEMESH_DETECT_TIMEOUT";
 pub const ENV_MAX_CONNECTIONS: &str = "TRACEMESH_MAX_CONNECTIONS";
 pub const ENV_MAX_HEADER_BYTES: &str = "TRACEMESH_MAX_HEADER_BYTES";
+pub const ENV_ROUTES: &str = "TRACEMESH_ROUTES";
+pub const ENV_DISABLE_RED_METRICS: &str = "TRACEMESH_DISABLE_RED_METRICS";
 
 pub const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 pub const ENV_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -136,6 +140,19 @@ pub struct ProxyArgs {
     /// Largest request head (request line and headers) accepted; larger gets 431.
     #[arg(long, env = ENV_MAX_HEADER_BYTES, default_value_t = DEFAULT_MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
+    /// A route template such as `/orders/{id}` (repeat the flag, or comma-separate in the
+    /// variable). Matched paths get `http.route` and a `route` metric label; others share
+    /// `_unmatched`. Without templates there is no route label.
+    #[arg(long = "route", env = ENV_ROUTES, value_delimiter = ',', value_parser = parse_route)]
+    pub routes: Vec<String>,
+    /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
+    #[arg(long, env = ENV_DISABLE_RED_METRICS)]
+    pub disable_red_metrics: bool,
+}
+
+fn parse_route(s: &str) -> Result<String, String> {
+    routes::Routes::parse([s]).map_err(|e| e.to_string())?;
+    Ok(s.trim().to_owned())
 }
 
 fn parse_propagators(s: &str) -> Result<Propagators, String> {
@@ -175,6 +192,12 @@ impl Default for Limits {
 }
 
 impl ProxyArgs {
+    /// The route templates, already validated by clap.
+    pub fn routes(&self) -> routes::Routes {
+        routes::Routes::parse(self.routes.iter().map(String::as_str))
+            .expect("each template was validated when parsed")
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             connect_timeout: self.connect_timeout,

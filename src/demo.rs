@@ -134,6 +134,8 @@ impl Service {
             propagators: Propagators::default(),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(2),
+            routes: Default::default(),
+            red_metrics: true,
         };
         let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
             "OTEL_SERVICE_NAME" => Some(name.to_owned()),

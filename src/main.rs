@@ -76,6 +76,8 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             propagators: args.propagators,
             limits: args.limits(),
             shutdown_grace: args.shutdown_grace,
+            routes: args.routes(),
+            red_metrics: !args.disable_red_metrics,
         };
         tracing::info!(
             workers,

@@ -1,11 +1,17 @@
-//! The Prometheus registry (prometheus-client) and the proxy's own health metrics: spans exported
-//! and dropped, export errors, the export queue's depth, open and opaque connections, and
-//! invalid trace-context headers.
+//! The Prometheus registry (prometheus-client): the RED metrics ([`red`]) and the proxy's own
+//! health: spans exported and dropped, export errors, the export queue's depth, open and opaque
+//! connections, invalid trace-context headers, and the `process_*` family.
+//!
+//! `/metrics` is negotiated by `Accept`: OpenMetrics 1.0 (with exemplars) when asked, which is
+//! what Prometheus asks for, else the classic Prometheus text format 0.0.4 (no exemplars).
 //!
 //! Every handle the data path touches is resolved once at start-up (a label set is looked up in a
 //! `Family` once, then the `Counter`, an `Arc` around an atomic, is kept), so recording is an
 //! atomic add with no lock and no allocation. Label sets are small closed enums: no value that
 //! comes from a request ever becomes a label.
+
+pub mod process;
+pub mod red;
 
 use std::sync::Arc;
 
@@ -73,6 +79,8 @@ pub struct ExportMetrics {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    /// `None` when RED metrics are switched off (`--disable-red-metrics`).
+    pub red: Option<red::Red>,
     pub inbound: ConnectionMetrics,
     pub outbound: ConnectionMetrics,
     pub export: ExportMetrics,
@@ -80,8 +88,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// A registry with the health metrics, and the RED pair when `red` is true.
+    pub fn new(red: bool) -> Self {
         let mut registry = Registry::default();
+        let red = red.then(|| red::Red::register(&mut registry));
+        registry.register_collector(Box::new(process::ProcessCollector::new()));
 
         let open = Family::<DirectionLabels, Gauge>::default();
         registry.register(
@@ -147,6 +158,7 @@ impl Metrics {
             }
         };
         Metrics {
+            red,
             inbound: conn(Direction::Inbound),
             outbound: conn(Direction::Outbound),
             export,
@@ -173,17 +185,69 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of every registered metric.
-    pub fn render_text(&self) -> String {
-        let mut out = String::new();
+    /// The OpenMetrics 1.0 exposition of every registered metric, exemplars included.
+    pub fn render_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The exposition `accept` asks for, and its content type.
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+        let openmetrics = self.render_openmetrics();
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            (OPENMETRICS_CONTENT_TYPE, openmetrics)
+        } else {
+            (PROMETHEUS_CONTENT_TYPE, to_prometheus_text(&openmetrics))
+        }
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Converts prometheus-client's OpenMetrics text into the classic Prometheus text format: no
+/// exemplars, no `# UNIT` or `# EOF`, and counter metadata named after the `_total` samples (the
+/// classic format names a counter by its sample name).
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counters: Vec<&str> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.push(name);
+            }
+        }
+    }
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(prefix);
+            out.push_str(name);
+            if counters.contains(&name) {
+                out.push_str("_total");
+            }
+            out.push(' ');
+            out.push_str(tail);
+        } else {
+            // A sample: drop the exemplar, which starts at " # {" after the value.
+            out.push_str(line.split_once(" # {").map_or(line, |(sample, _)| sample));
+        }
+        out.push('\n');
+    }
+    out
 }

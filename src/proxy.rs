@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     pub propagators: Propagators,
     pub limits: Limits,
     pub shutdown_grace: Duration,
+    pub routes: crate::config::routes::Routes,
+    pub red_metrics: bool,
 }
 
 /// The proxy's listeners, bound before anything else starts.
@@ -331,10 +333,11 @@ pub async fn start(
 ) -> Result<Running, BindError> {
     let listeners = Listeners::bind(&config).await?;
     let bound = listeners.bound();
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(config.red_metrics);
     let (telemetry, export) = crate::telemetry::start(
         telemetry_config,
         config.propagators,
+        config.routes.clone(),
         metrics.clone(),
         exporter,
     );

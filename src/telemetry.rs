@@ -62,6 +62,8 @@ pub struct SpanRecord {
     /// Where the request went: the app (inbound) or the upstream (outbound), when known.
     pub upstream: Option<SocketAddr>,
     pub grpc: bool,
+    /// The configured route template the path matched, if routes are configured.
+    pub route: Option<crate::config::routes::Route>,
     pub status: Option<StatusCode>,
     pub grpc_status: Option<i32>,
     pub grpc_message: Option<HeaderValue>,
@@ -89,6 +91,7 @@ pub struct Telemetry(Arc<TelemetryInner>);
 struct TelemetryInner {
     sampler: Sampler,
     propagators: Propagators,
+    routes: crate::config::routes::Routes,
     queue: Option<mpsc::Sender<SpanRecord>>,
     metrics: Metrics,
 }
@@ -99,12 +102,14 @@ impl Telemetry {
     pub fn new(
         sampler: Sampler,
         propagators: Propagators,
+        routes: crate::config::routes::Routes,
         queue: Option<mpsc::Sender<SpanRecord>>,
         metrics: Metrics,
     ) -> Self {
         Telemetry(Arc::new(TelemetryInner {
             sampler,
             propagators,
+            routes,
             queue,
             metrics,
         }))
@@ -120,6 +125,10 @@ impl Telemetry {
 
     pub fn propagators(&self) -> Propagators {
         self.0.propagators
+    }
+
+    pub fn routes(&self) -> &crate::config::routes::Routes {
+        &self.0.routes
     }
 
     /// Whether sampled spans go anywhere. When they do not, the span layer skips recording.
@@ -170,6 +179,7 @@ impl ExportHandle {
 pub fn start(
     config: &crate::config::TelemetryConfig,
     propagators: Propagators,
+    routes: crate::config::routes::Routes,
     metrics: Metrics,
     exporter: Option<Exporter>,
 ) -> (Telemetry, ExportHandle) {
@@ -182,7 +192,13 @@ pub fn start(
         }
         None => (None, None),
     };
-    let telemetry = Telemetry::new(Sampler::new(config.sampler), propagators, queue, metrics);
+    let telemetry = Telemetry::new(
+        Sampler::new(config.sampler),
+        propagators,
+        routes,
+        queue,
+        metrics,
+    );
     let handle = ExportHandle {
         task,
         stop,

@@ -240,9 +240,9 @@ impl ExportTask {
 pub fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanData {
     let mut attrs: Vec<KeyValue> = Vec::with_capacity(16);
     let path = r.uri.path();
-    let (method_attr, known) = normalized_method(&r.method);
+    let method_attr = crate::metrics::red::method_label(&r.method);
     attrs.push(KeyValue::new("http.request.method", method_attr));
-    if !known {
+    if method_attr == "_OTHER" {
         attrs.push(KeyValue::new(
             "http.request.method_original",
             r.method.as_str().to_owned(),
@@ -296,6 +296,10 @@ pub fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanData {
     }
 
     let mut name = r.method.as_str().to_owned();
+    if let Some(crate::config::routes::Route::Matched(route)) = r.route {
+        attrs.push(KeyValue::new("http.route", route));
+        name = format!("{} {route}", r.method);
+    }
     let mut grpc_method = None;
     if r.grpc {
         attrs.push(KeyValue::new("rpc.system", "grpc"));
@@ -348,22 +352,6 @@ pub fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanData {
         links: SpanLinks::default(),
         status,
         instrumentation_scope: scope.clone(),
-    }
-}
-
-/// The methods the semantic conventions name; anything else is `_OTHER`.
-fn normalized_method(m: &http::Method) -> (&'static str, bool) {
-    match *m {
-        http::Method::GET => ("GET", true),
-        http::Method::POST => ("POST", true),
-        http::Method::PUT => ("PUT", true),
-        http::Method::DELETE => ("DELETE", true),
-        http::Method::HEAD => ("HEAD", true),
-        http::Method::OPTIONS => ("OPTIONS", true),
-        http::Method::PATCH => ("PATCH", true),
-        http::Method::CONNECT => ("CONNECT", true),
-        http::Method::TRACE => ("TRACE", true),
-        _ => ("_OTHER", false),
     }
 }
 
@@ -482,6 +470,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             upstream: None,
             grpc: grpc_status.is_some(),
+            route: None,
             status: Some(http::StatusCode::OK),
             grpc_status,
             grpc_message: Some(http::HeaderValue::from_static("asked%20to%20fail")),

@@ -1,6 +1,7 @@
 //! The span layer: extract the incoming context, decide sampling, rewrite the propagation
 //! headers towards the next hop, and record a SERVER (inbound) or CLIENT (outbound) span that
-//! ends when the response body ends, so streaming time is inside the span.
+//! ends when the response body ends, so streaming time is inside the span. The RED metrics are
+//! observed at the same moment, from the same record, with the span's IDs as exemplar.
 //!
 //! The same layer serves both directions; only [`SpanKind`] differs. Errors never reach it:
 //! the rescue layer below turns forwarding failures into responses and puts the cause in a
@@ -23,6 +24,10 @@ use pin_project_lite::pin_project;
 use super::{Outcome, SpanKind, SpanRecord, Telemetry};
 use crate::{
     context::{self, SpanContext, SpanId, TraceFlags},
+    metrics::{
+        red::{method_label, GrpcLabels, RedLabels, TraceExemplar},
+        Direction,
+    },
     proxy::ForwardError,
 };
 
@@ -118,6 +123,8 @@ where
             telemetry.propagators(),
         );
 
+        let grpc = is_grpc(req.headers());
+        let route = telemetry.routes().route(req.uri().path());
         let record = (decision.sampled && telemetry.records()).then(|| {
             let headers = req.headers();
             SpanRecord {
@@ -134,21 +141,43 @@ where
                 user_agent: headers.get(header::USER_AGENT).cloned(),
                 client: layer.client,
                 upstream: layer.upstream,
-                grpc: is_grpc(headers),
+                grpc,
+                route,
                 status: None,
                 grpc_status: None,
                 grpc_message: None,
                 outcome: Outcome::Complete,
             }
         });
+        // RED counts every request, sampled or not; only sampled ones carry an exemplar.
+        let red = telemetry.metrics().red.as_ref().map(|red| RedLabels {
+            direction: match layer.kind {
+                SpanKind::Server => Direction::Inbound,
+                SpanKind::Client => Direction::Outbound,
+            },
+            method: method_label(req.method()),
+            status_code: 0,
+            route,
+            error_type: None,
+            grpc: grpc.then(|| GrpcLabels {
+                method: red.grpc_method(req.uri().path()),
+                status: None,
+            }),
+        });
+        let pending = (record.is_some() || red.is_some()).then(|| Pending {
+            telemetry: telemetry.clone(),
+            start,
+            red,
+            exemplar: decision.sampled.then_some(TraceExemplar {
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+            }),
+            record,
+        });
 
         ResponseFuture {
             inner: self.inner.call(req),
-            span: record.map(|r| Pending {
-                record: r,
-                start,
-                telemetry: telemetry.clone(),
-            }),
+            span: pending,
         }
     }
 }
@@ -164,26 +193,64 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
     std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()
 }
 
-/// A sampled span waiting for its response to end.
+/// A request waiting for its response to end: its span (when sampled and exported) and its RED
+/// labels (when RED is on).
 struct Pending {
-    record: SpanRecord,
-    start: Instant,
     telemetry: Telemetry,
+    start: Instant,
+    red: Option<RedLabels>,
+    exemplar: Option<TraceExemplar>,
+    record: Option<SpanRecord>,
 }
 
 impl Pending {
-    fn finish(mut self, outcome: Option<Outcome>) {
-        self.record.duration = self.start.elapsed();
-        if let Some(outcome) = outcome {
-            self.record.outcome = outcome;
+    fn response<B>(&mut self, rsp: &Response<B>) {
+        let failed = rsp.extensions().get::<ForwardError>();
+        if let Some(red) = self.red.as_mut() {
+            red.status_code = rsp.status().as_u16();
+            red.error_type = failed.map(|e| e.kind().as_str());
         }
-        self.telemetry.submit(self.record);
+        if let Some(r) = self.record.as_mut() {
+            r.status = Some(rsp.status());
+            if let Some(err) = failed {
+                r.outcome = Outcome::Failed(err.clone());
+            }
+        }
+        // Trailers-only gRPC responses carry the status in the headers.
+        self.observe_trailers(rsp.headers());
     }
 
     fn observe_trailers(&mut self, trailers: &HeaderMap) {
-        if let Some(code) = grpc_status(trailers) {
-            self.record.grpc_status = Some(code);
-            self.record.grpc_message = trailers.get(&GRPC_MESSAGE).cloned();
+        let Some(code) = grpc_status(trailers) else {
+            return;
+        };
+        if let Some(g) = self.red.as_mut().and_then(|r| r.grpc.as_mut()) {
+            g.status = u8::try_from(code).ok();
+        }
+        if let Some(r) = self.record.as_mut() {
+            r.grpc_status = Some(code);
+            r.grpc_message = trailers.get(&GRPC_MESSAGE).cloned();
+        }
+    }
+
+    fn finish(self, outcome: Option<Outcome>) {
+        let duration = self.start.elapsed();
+        if let Some(mut red) = self.red {
+            match &outcome {
+                Some(Outcome::Cancelled) => red.error_type = Some("cancelled"),
+                Some(Outcome::BodyError) => red.error_type = Some("body_error"),
+                _ => {}
+            }
+            if let Some(metrics) = &self.telemetry.metrics().red {
+                metrics.observe(&red, duration, self.exemplar);
+            }
+        }
+        if let Some(mut record) = self.record {
+            record.duration = duration;
+            if let Some(outcome) = outcome {
+                record.outcome = outcome;
+            }
+            self.telemetry.submit(record);
         }
     }
 }
@@ -211,12 +278,7 @@ where
         Poll::Ready(match res {
             Ok(rsp) => {
                 if let Some(p) = span.as_mut() {
-                    p.record.status = Some(rsp.status());
-                    // Trailers-only gRPC responses carry the status in the headers.
-                    p.observe_trailers(rsp.headers());
-                    if let Some(err) = rsp.extensions().get::<ForwardError>() {
-                        p.record.outcome = Outcome::Failed(err.clone());
-                    }
+                    p.response(&rsp);
                 }
                 let (parts, body) = rsp.into_parts();
                 let body = ResponseBody { inner: body, span };

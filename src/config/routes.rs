@@ -1,0 +1,214 @@
+//! Route templates (`--route /orders/{id}`): the bounded names a raw path is reduced to, for the
+//! `http.route` span attribute, the span name, and the `route` metric label. A raw path never
+//! becomes a label: a path that matches no template is [`Route::Unmatched`].
+//!
+//! Syntax: segments separated by `/`; `{name}` matches exactly one non-empty segment; a final
+//! `{*name}` matches the rest of the path (one or more segments). Templates are tried in the
+//! order given; the first match wins. Matching allocates nothing.
+
+use std::{fmt, sync::Arc};
+
+/// The label value shared by every path that matches no template.
+pub const UNMATCHED: &str = "_unmatched";
+
+/// A configured set of templates. Empty means "no route label at all".
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Arc<[Template]>);
+
+#[derive(Debug)]
+struct Template {
+    raw: &'static str,
+    segments: Box<[Segment]>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Param,
+    Rest,
+}
+
+/// Which template a path matched. `Copy`: it rides in labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Matched(&'static str),
+    Unmatched,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Matched(t) => t,
+            Route::Unmatched => UNMATCHED,
+        }
+    }
+}
+
+/// Why a template was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route template {template:?}: {reason}")]
+pub struct RouteError {
+    template: String,
+    reason: &'static str,
+}
+
+impl Routes {
+    /// Parses templates. Each template's text is leaked once, at start-up, so routes are
+    /// `&'static str` labels: the set is fixed for the process's life.
+    ///
+    /// # Errors
+    /// A template that does not start with `/`, has an empty or malformed `{..}` segment, or a
+    /// `{*rest}` that is not last.
+    pub fn parse<'a>(templates: impl IntoIterator<Item = &'a str>) -> Result<Self, RouteError> {
+        let mut out = Vec::new();
+        for t in templates
+            .into_iter()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            let err = |reason| RouteError {
+                template: t.to_owned(),
+                reason,
+            };
+            let rest = t
+                .strip_prefix('/')
+                .ok_or_else(|| err("must start with /"))?;
+            let parts: Vec<&str> = if rest.is_empty() {
+                Vec::new()
+            } else {
+                rest.split('/').collect()
+            };
+            let mut segments = Vec::with_capacity(parts.len());
+            for (i, p) in parts.iter().enumerate() {
+                let seg = match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    Some(name) if name.starts_with('*') => {
+                        if i + 1 != parts.len() {
+                            return Err(err("{*rest} must be the last segment"));
+                        }
+                        Segment::Rest
+                    }
+                    Some(name) if !name.is_empty() && !name.contains(['{', '}']) => Segment::Param,
+                    Some(_) => return Err(err("empty or malformed {parameter}")),
+                    None if p.contains(['{', '}']) => {
+                        return Err(err("braces must span a whole segment"))
+                    }
+                    None if p.is_empty() && i + 1 != parts.len() => {
+                        return Err(err("empty segment"))
+                    }
+                    None => Segment::Literal((*p).into()),
+                };
+                segments.push(seg);
+            }
+            out.push(Template {
+                raw: Box::leak(t.to_owned().into_boxed_str()),
+                segments: segments.into(),
+            });
+        }
+        Ok(Routes(out.into()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The route for `path` (no query string), or `None` when no templates are configured.
+    pub fn route(&self, path: &str) -> Option<Route> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let found = self.0.iter().find(|t| t.matches(path));
+        Some(found.map_or(Route::Unmatched, |t| Route::Matched(t.raw)))
+    }
+}
+
+impl Template {
+    fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        if rest.is_empty() {
+            return self.segments.is_empty();
+        }
+        for seg in self.segments.iter() {
+            match seg {
+                Segment::Rest => return parts.next().is_some_and(|p| !p.is_empty()),
+                Segment::Param => match parts.next() {
+                    Some(p) if !p.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(l) => match parts.next() {
+                    Some(p) if p == &**l => {}
+                    _ => return false,
+                },
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl fmt::Display for Routes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let raws: Vec<&str> = self.0.iter().map(|t| t.raw).collect();
+        f.write_str(&raws.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(t: &[&str]) -> Routes {
+        Routes::parse(t.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn params_match_one_segment_and_literals_match_exactly() {
+        let r = routes(&["/orders/{id}", "/orders/{id}/items/{item}", "/health"]);
+        assert_eq!(r.route("/orders/42"), Some(Route::Matched("/orders/{id}")));
+        assert_eq!(
+            r.route("/orders/42/items/7"),
+            Some(Route::Matched("/orders/{id}/items/{item}"))
+        );
+        assert_eq!(r.route("/health"), Some(Route::Matched("/health")));
+        assert_eq!(r.route("/orders"), Some(Route::Unmatched));
+        assert_eq!(r.route("/orders/"), Some(Route::Unmatched));
+        assert_eq!(r.route("/orders/42/items"), Some(Route::Unmatched));
+        assert_eq!(r.route("/healthz"), Some(Route::Unmatched));
+    }
+
+    #[test]
+    fn rest_matches_one_or_more_trailing_segments() {
+        let r = routes(&["/static/{*path}", "/"]);
+        assert_eq!(
+            r.route("/static/a/b.css"),
+            Some(Route::Matched("/static/{*path}"))
+        );
+        assert_eq!(
+            r.route("/static/a"),
+            Some(Route::Matched("/static/{*path}"))
+        );
+        assert_eq!(r.route("/static"), Some(Route::Unmatched));
+        assert_eq!(r.route("/"), Some(Route::Matched("/")));
+    }
+
+    #[test]
+    fn first_template_wins() {
+        let r = routes(&["/users/me", "/users/{id}"]);
+        assert_eq!(r.route("/users/me"), Some(Route::Matched("/users/me")));
+        assert_eq!(r.route("/users/9"), Some(Route::Matched("/users/{id}")));
+    }
+
+    #[test]
+    fn no_templates_means_no_route_label() {
+        assert_eq!(Routes::default().route("/anything"), None);
+    }
+
+    #[test]
+    fn malformed_templates_are_rejected_with_the_template_named() {
+        for bad in ["orders", "/a/{}", "/a/{*rest}/b", "/a/x{id}", "/a//b"] {
+            let e = Routes::parse([bad]).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+}
