@@ -6,6 +6,7 @@
 #   3 envoy              client -> Envoy, OpenTelemetry tracer, 100% sampled, OTLP/HTTP -> sink
 #   4 tracemesh          client -> tracemesh inbound, always_on, OTLP http/protobuf -> sink
 #   5 tracemesh-notrace  client -> tracemesh inbound, OTEL_TRACES_EXPORTER=none
+#   5b tracemesh-nored   client -> tracemesh inbound, tracing on, --disable-red-metrics (metrics cost)
 #   6 tracemesh-hop      client -> tracemesh A outbound -> tracemesh B inbound -> upstream (both tracing)
 #
 # Each leg, for HTTP/1.1 and for h2c (prior knowledge): a closed-loop run (wrk for HTTP/1.1,
@@ -37,7 +38,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 
 SECS="${BENCH_SECONDS:-10}"
 WARM="${BENCH_WARMUP_SECONDS:-1}"
-LEGS="${BENCH_LEGS:-direct nginx envoy tracemesh tracemesh-notrace tracemesh-hop}"
+LEGS="${BENCH_LEGS:-direct nginx envoy tracemesh tracemesh-nored tracemesh-notrace tracemesh-hop}"
 PROTOS="${BENCH_PROTOCOLS:-h1 h2c}"
 WRK_CONNS="${BENCH_WRK_CONNECTIONS:-32}"
 H2_CONNS="${BENCH_H2_CONNECTIONS:-8}"
@@ -220,8 +221,9 @@ if [[ " $LEGS " == *" tracemesh"* ]]; then
   fi
 fi
 
-start_tracemesh() { # name exporter inbound outbound admin app ; sets LAST_PID
+start_tracemesh() { # name exporter inbound outbound admin app [extra flags...] ; sets LAST_PID
   local name="$1" exporter="$2" inbound="$3" outbound="$4" admin="$5" app="$6"
+  shift 6
   local envs=(
     "OTEL_SERVICE_NAME=bench-$name"
     "OTEL_TRACES_SAMPLER=always_on"
@@ -232,7 +234,7 @@ start_tracemesh() { # name exporter inbound outbound admin app ; sets LAST_PID
     envs+=("OTEL_EXPORTER_OTLP_PROTOCOL=$OTLP_PROTOCOL" "OTEL_EXPORTER_OTLP_ENDPOINT=$OTLP_ENDPOINT")
   fi
   local cmd=("$TM_BIN" proxy --workers 1 --inbound-listen "$inbound" --outbound-listen "$outbound"
-             --admin-listen "$admin" --app-addr "$app")
+             --admin-listen "$admin" --app-addr "$app" "$@")
   printf '%q ' "${envs[@]}" taskset -c "$PROXY_CPU" "${cmd[@]}" >"$RUN/$name.cmd"; echo >>"$RUN/$name.cmd"
   start_bg "$PROXY_CPU" "$RUN/$name.log" env "${envs[@]}" "${cmd[@]}"
 }
@@ -289,11 +291,12 @@ PY
       wait_port "$TARGET_PORT" "$LAST_PID" 30 || { log "Envoy did not start"; tail -5 "$RUN/$leg-$proto.log" >&2; return 1; }
       STATS_CMD="curl -s --max-time 2 'http://127.0.0.1:$adm/stats?filter=tracing|otlp_sink.upstream_rq_'"
       ;;
-    tracemesh|tracemesh-notrace)
+    tracemesh|tracemesh-notrace|tracemesh-nored)
       [ "$TM_OK" = 1 ] || return 1
       alloc_port in; alloc_port adm
-      local exporter=otlp; [ "$leg" = tracemesh-notrace ] && exporter=none
-      start_tracemesh "$leg-$proto" "$exporter" "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$up"
+      local exporter=otlp extra=(); [ "$leg" = tracemesh-notrace ] && exporter=none
+      [ "$leg" = tracemesh-nored ] && extra=(--disable-red-metrics)
+      start_tracemesh "$leg-$proto" "$exporter" "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$up" "${extra[@]}"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$in"
       { wait_port "$in" "$LAST_PID" && wait_port "$adm" "$LAST_PID" && wait_ready "$adm" "$LAST_PID"; } \
         || { log "tracemesh did not start"; tail -20 "$RUN/$leg-$proto.log" >&2; return 1; }

@@ -21,6 +21,7 @@ LEG_NAMES = {
     "envoy-notrace": "Envoy, no tracing (reference)",
     "tracemesh": "tracemesh inbound, tracing on",
     "tracemesh-notrace": "tracemesh inbound, exporter none",
+    "tracemesh-nored": "tracemesh inbound, tracing on, RED metrics off",
     "tracemesh-hop": "tracemesh outbound → inbound",
 }
 LEG_ORDER = list(LEG_NAMES)
@@ -182,7 +183,7 @@ def report(results_path, meta_path):
     any_tm = False
     for proto in ("h1", "h2c"):
         refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "envoy")}
-        for leg in ("tracemesh", "tracemesh-notrace", "tracemesh-hop"):
+        for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop"):
             d = by.get((leg, proto))
             if not d or d.get("skipped") or "closed" not in d:
                 continue
