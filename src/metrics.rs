@@ -5,9 +5,12 @@
 //! `/metrics` is negotiated by `Accept`: OpenMetrics 1.0 (with exemplars) when asked, which is
 //! what Prometheus asks for, else the classic Prometheus text format 0.0.4 (no exemplars).
 //!
-//! Every handle the data path touches is resolved once at start-up (a label set is looked up in a
-//! `Family` once, then the `Counter`, an `Arc` around an atomic, is kept), so recording is an
-//! atomic add with no lock and no allocation. Label sets are small closed enums: no value that
+//! Health handles are resolved once at start-up (a label set is looked up in a `Family` once,
+//! then the `Counter`, an `Arc` around an atomic, is kept), so recording them is an atomic add.
+//! RED series depend on each response, so each request takes the family's read lock to find its
+//! series (no allocation: labels are `Copy`) and the histogram's write lock to observe (the
+//! prometheus-client design, uncontended with one worker); the request counter is an atomic,
+//! locked only to store a sampled request's exemplar. Label values are closed sets: no value that
 //! comes from a request ever becomes a label.
 
 pub mod process;

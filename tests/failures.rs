@@ -371,3 +371,31 @@ async fn stalled_collector_never_slows_requests_drops_are_counted_and_export_res
     .await;
     wait_for_series(&p, "tracemesh_spans_exported_total", |v| v >= 1.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_gives_up_before_the_response_is_recorded_as_cancelled() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let app = App::start(Behaviour::Hang).await;
+    let p = Proxy::exporting_to(&otlp, "cancel")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .start()
+        .await;
+
+    // The client sends a request, waits until the app has it, then hangs up.
+    let mut conn = tokio::net::TcpStream::connect(p.inbound()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    app.wait_for_requests(1, DEADLINE).await;
+    drop(conn);
+
+    let span = one_span(&otlp).await;
+    assert_eq!(span.kind, SpanKind::Server);
+    assert_eq!(span.attr_str("error.type"), Some("cancelled"));
+    assert_eq!(span.attr_int("http.response.status_code"), None);
+    // Not the server's fault: the span says why but is not an error.
+    assert_eq!(span.status_code, SpanStatus::Unset, "{span:?}");
+    let series = "tracemesh_requests_total{direction=\"inbound\",method=\"GET\",status_code=\"0\",error_type=\"cancelled\"}";
+    assert_eq!(wait_for_series(&p, series, |v| v >= 1.0).await, 1.0);
+}

@@ -18,10 +18,15 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
+    encoding::{
+        EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, LabelValueEncoder,
+        MetricEncoder,
+    },
     metrics::{
+        counter::Counter,
         exemplar::{CounterWithExemplar, HistogramWithExemplars},
         family::Family,
+        MetricType, TypedMetric,
     },
     registry::Registry,
 };
@@ -117,7 +122,40 @@ impl EncodeLabelSet for TraceExemplar {
     }
 }
 
-type Requests = Family<RedLabels, CounterWithExemplar<TraceExemplar>>;
+/// The request counter of one series. prometheus-client's `CounterWithExemplar` replaces its
+/// exemplar on every increment, so an unsampled request would erase the last sampled one; here
+/// the count is a lock-free atomic and the exemplar holder is only touched by sampled requests.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter {
+    total: Counter,
+    exemplar: CounterWithExemplar<TraceExemplar>,
+}
+
+impl RequestCounter {
+    fn inc(&self, exemplar: Option<TraceExemplar>, ts: Option<SystemTime>) {
+        self.total.inc();
+        if exemplar.is_some() {
+            self.exemplar.inc_by(1, exemplar, ts);
+        }
+    }
+}
+
+impl TypedMetric for RequestCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for RequestCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (_, exemplar) = self.exemplar.get();
+        encoder.encode_counter(&self.total.get(), exemplar.as_ref())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+type Requests = Family<RedLabels, RequestCounter>;
 type Durations = Family<
     RedLabels,
     HistogramWithExemplars<TraceExemplar>,
@@ -161,7 +199,7 @@ impl Red {
     /// Records one finished request. `exemplar` is `Some` only for sampled requests.
     pub fn observe(&self, labels: &RedLabels, duration: Duration, exemplar: Option<TraceExemplar>) {
         let ts = exemplar.map(|_| SystemTime::now());
-        self.requests.get_or_create(labels).inc_by(1, exemplar, ts);
+        self.requests.get_or_create(labels).inc(exemplar, ts);
         self.durations
             .get_or_create(labels)
             .observe(duration.as_secs_f64(), exemplar, ts);
@@ -277,6 +315,27 @@ mod tests {
             .unwrap();
         assert!(line.ends_with("} 1"), "{line}");
         assert!(!text.contains("trace_id"), "{text}");
+    }
+
+    #[test]
+    fn an_unsampled_request_keeps_the_last_sampled_exemplar() {
+        let mut registry = Registry::default();
+        let red = Red::register(&mut registry);
+        let ex = TraceExemplar {
+            trace_id: TraceId([0x11; 16]),
+            span_id: SpanId([0x22; 8]),
+        };
+        red.observe(&labels(200), Duration::from_millis(1), Some(ex));
+        red.observe(&labels(200), Duration::from_millis(1), None);
+        let text = render(&registry);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tracemesh_requests_total{"))
+            .unwrap();
+        assert!(
+            line.contains("} 2 # {trace_id=\"11111111111111111111111111111111\""),
+            "{line}"
+        );
     }
 
     #[test]

@@ -257,10 +257,20 @@ impl Pending {
 
 pin_project! {
     /// Resolves to the inner response with its body wrapped so the span ends with the body.
+    /// Dropped before the response headers (the client went away while the upstream was still
+    /// thinking), it records the request as cancelled: no status code, `error_type=cancelled`.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         span: Option<Pending>,
+    }
+
+    impl<F> PinnedDrop for ResponseFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(p) = this.project().span.take() {
+                p.finish(Some(Outcome::Cancelled));
+            }
+        }
     }
 }
 
