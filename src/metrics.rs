@@ -199,7 +199,7 @@ impl Metrics {
     /// The exposition `accept` asks for, and its content type.
     pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
         let openmetrics = self.render_openmetrics();
-        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        if accept.is_some_and(accepts_openmetrics) {
             (OPENMETRICS_CONTENT_TYPE, openmetrics)
         } else {
             (PROMETHEUS_CONTENT_TYPE, to_prometheus_text(&openmetrics))
@@ -216,6 +216,21 @@ impl Default for Metrics {
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header asks for OpenMetrics: a media range
+/// `application/openmetrics-text` (any case) whose `q` is not 0.
+fn accepts_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("");
+        media.eq_ignore_ascii_case("application/openmetrics-text")
+            && !parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+                })
+            })
+    })
+}
 
 /// Converts prometheus-client's OpenMetrics text into the classic Prometheus text format: no
 /// exemplars, no `# UNIT` or `# EOF`, and counter metadata named after the `_total` samples (the
@@ -253,4 +268,34 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_chosen_by_media_range_case_insensitively_and_not_at_q0() {
+        assert!(accepts_openmetrics(
+            "application/openmetrics-text; version=1.0.0"
+        ));
+        assert!(accepts_openmetrics("Application/OpenMetrics-Text"));
+        assert!(accepts_openmetrics(
+            "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+        ));
+        assert!(!accepts_openmetrics(
+            "text/plain, application/openmetrics-text;q=0"
+        ));
+        assert!(!accepts_openmetrics("text/plain; version=0.0.4"));
+        assert!(!accepts_openmetrics("*/*"));
+    }
+
+    #[test]
+    fn classic_text_drops_exemplars_unit_and_eof_and_names_counters_by_sample() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 2 # {trace_id=\"ab\"} 1.0 1.5\n# HELP d_seconds D.\n# TYPE d_seconds histogram\n# UNIT d_seconds seconds\nd_seconds_sum 0.1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n# HELP d_seconds D.\n# TYPE d_seconds histogram\nd_seconds_sum 0.1\n"
+        );
+    }
 }

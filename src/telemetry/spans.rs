@@ -25,7 +25,7 @@ use super::{Outcome, SpanKind, SpanRecord, Telemetry};
 use crate::{
     context::{self, SpanContext, SpanId, TraceFlags},
     metrics::{
-        red::{method_label, GrpcLabels, RedLabels, TraceExemplar},
+        red::{method_label, GrpcLabels, GrpcMethod, RedLabels, TraceExemplar},
         Direction,
     },
     proxy::ForwardError,
@@ -33,6 +33,7 @@ use crate::{
 
 static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
+const GRPC_UNIMPLEMENTED: u8 = 12;
 
 /// Builds [`SpanService`]s for one connection: the peer is known once per connection.
 /// hyper clones the service for every request, so the state is one `Arc`.
@@ -123,7 +124,8 @@ where
             telemetry.propagators(),
         );
 
-        let grpc = is_grpc(req.headers());
+        // gRPC runs over HTTP/2 only; an HTTP/1 request with a gRPC content type is plain HTTP.
+        let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
         let route = telemetry.routes().route(req.uri().path());
         let record = (decision.sampled && telemetry.records()).then(|| {
             let headers = req.headers();
@@ -150,7 +152,7 @@ where
             }
         });
         // RED counts every request, sampled or not; only sampled ones carry an exemplar.
-        let red = telemetry.metrics().red.as_ref().map(|red| RedLabels {
+        let red = telemetry.metrics().red.as_ref().map(|_| RedLabels {
             direction: match layer.kind {
                 SpanKind::Server => Direction::Inbound,
                 SpanKind::Client => Direction::Outbound,
@@ -159,16 +161,21 @@ where
             status_code: 0,
             route,
             error_type: None,
-            grpc: grpc.then(|| GrpcLabels {
-                method: red.grpc_method(req.uri().path()),
+            // The method is named only once the service has answered for it (see `finish`), so
+            // paths a client makes up never become labels.
+            grpc: grpc.then_some(GrpcLabels {
+                method: GrpcMethod::OTHER,
                 status: None,
             }),
         });
+        let grpc_path = (grpc && red.is_some()).then(|| req.uri().clone());
         let pending = (record.is_some() || red.is_some()).then(|| Pending {
             telemetry: telemetry.clone(),
             start,
             red,
-            exemplar: decision.sampled.then_some(TraceExemplar {
+            grpc_path,
+            // An exemplar must lead to a trace: only for spans that are exported.
+            exemplar: (decision.sampled && telemetry.records()).then_some(TraceExemplar {
                 trace_id: ctx.trace_id,
                 span_id: ctx.span_id,
             }),
@@ -199,6 +206,8 @@ struct Pending {
     telemetry: Telemetry,
     start: Instant,
     red: Option<RedLabels>,
+    /// The gRPC request's URI (a cheap clone), named in the labels at the end.
+    grpc_path: Option<http::Uri>,
     exemplar: Option<TraceExemplar>,
     record: Option<SpanRecord>,
 }
@@ -242,6 +251,15 @@ impl Pending {
                 _ => {}
             }
             if let Some(metrics) = &self.telemetry.metrics().red {
+                // Name the gRPC method only when the service itself answered for it, with a
+                // status other than UNIMPLEMENTED: the label set stays bounded by the methods
+                // the service really has, whatever paths clients try.
+                if let (Some(g), Some(uri)) = (red.grpc.as_mut(), &self.grpc_path) {
+                    let implemented = g.status.is_some_and(|s| s != GRPC_UNIMPLEMENTED);
+                    if implemented && red.error_type.is_none() {
+                        g.method = metrics.grpc_method(uri.path());
+                    }
+                }
                 metrics.observe(&red, duration, self.exemplar);
             }
         }
