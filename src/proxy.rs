@@ -236,14 +236,7 @@ async fn serve_connection(
             let conn = builder
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let res = until_shutdown(conn, &shutdown, |c| c.graceful_shutdown()).await;
             if let Err(error) = res {
                 tracing::debug!(%error, %peer, "http/1 connection error");
             }
@@ -257,20 +250,33 @@ async fn serve_connection(
                 .keep_alive_interval(Some(limits.idle_timeout / 2))
                 .keep_alive_timeout(Duration::from_secs(20));
             let conn = builder.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let res = until_shutdown(conn, &shutdown, |c| c.graceful_shutdown()).await;
             if let Err(error) = res {
                 tracing::debug!(%error, %peer, "http/2 connection error");
             }
         }
         Protocol::Tls | Protocol::Opaque => {
             opaque::forward(io, target, shared, direction).await;
+        }
+    }
+}
+
+/// Drives a hyper connection; on `shutdown`, asks it to finish gracefully (HTTP/1: after the
+/// request in flight; HTTP/2: GOAWAY, then the open streams) and keeps driving it to the end.
+async fn until_shutdown<C, T, E>(
+    conn: C,
+    shutdown: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<T, E>
+where
+    C: std::future::Future<Output = Result<T, E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
         }
     }
 }
