@@ -5,6 +5,8 @@
 # - rustfmt, clippy: `cargo fmt --check` and `cargo clippy` in scripts/test.sh.
 # - python3 + prometheus-client (pinned): tests/metrics.rs feeds /metrics to its strict
 #   OpenMetrics parser (tests/peers/parse_exposition.py).
+# - iptables, iproute2, curl, util-linux (unshare, setpriv): tests/transparent.rs redirects a
+#   client's TCP with real NAT rules in a network namespace it creates.
 # - prometheus (Debian's package): tests/prometheus.rs runs a real Prometheus against a proxy.
 #   The test starts its own instance on 127.0.0.1; the package's service is never started.
 set -euo pipefail
@@ -19,6 +21,11 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# tests/transparent.rs: iptables NAT rules in a network namespace the test creates.
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
