@@ -11,6 +11,7 @@
 //! - [`telemetry`]: the span layer, the sampler, and export over OTLP through a bounded queue.
 //! - [`metrics`]: the Prometheus registry and the proxy's own health counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
+//! - [`k8s`]: the init container's iptables rules (`tracemesh init`).
 //! - [`demo`]: the local, no-cluster showcase.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod k8s;
 pub mod metrics;
 pub mod proxy;
 pub mod telemetry;

@@ -24,6 +24,8 @@ enum Command {
     Proxy(Box<ProxyArgs>),
     /// A local showcase: three services behind proxies, and the traces they produce.
     Demo(tracemesh::demo::DemoArgs),
+    /// Init container: iptables rules that redirect the pod's TCP through the proxy.
+    Init(tracemesh::k8s::init::InitArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,10 +41,24 @@ fn main() -> ExitCode {
     // The demo prints a report; its proxies' start-up lines would only clutter it.
     init_logging(match cli.command {
         Command::Demo(_) => "warn",
-        Command::Proxy(_) => "info",
+        Command::Proxy(_) | Command::Init(_) => "info",
     });
     match cli.command {
         Command::Proxy(args) => run_proxy(*args),
+        Command::Init(args) => match tracemesh::k8s::init::run(&args) {
+            Ok(rules) => {
+                tracing::info!(
+                    chains = "TRACEMESH_INBOUND,TRACEMESH_OUTBOUND",
+                    "iptables rules installed"
+                );
+                print!("{rules}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tracemesh init: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo(args) => {
             let rt = runtime(2);
             match rt.block_on(tracemesh::demo::run(args)) {
