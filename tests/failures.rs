@@ -13,30 +13,14 @@ use std::{
 use http::{Method, StatusCode};
 use support::{
     apps::{App, Behaviour},
-    body, client, eventually,
+    body, client,
     grpc::{self, HealthCheckRequest},
     otlp::{tree, Mode, OtlpReceiver, ReceivedSpan, SpanKind, SpanStatus},
     process::{reserve_port, Proxy},
     DEADLINE,
 };
 
-/// The value of one series in Prometheus text (`name` or `name{labels}`, exactly as rendered).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, rest) = l.split_once(' ')?;
-        (name == series).then(|| rest.split_whitespace().next()?.parse().ok())?
-    })
-}
-
-/// Polls `/metrics` until `series` satisfies `ok`; returns its value.
-async fn wait_for_series(p: &Proxy, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let what = format!("{series} to reach the expected value");
-    let ok = &ok;
-    eventually(DEADLINE, &what, || async move {
-        metric(&p.metrics().await, series).filter(|v| ok(*v))
-    })
-    .await
-}
+use support::process::metric_value as metric;
 
 /// The only span received, after waiting for it.
 async fn one_span(otlp: &OtlpReceiver) -> ReceivedSpan {
@@ -314,10 +298,12 @@ async fn refused_collector_never_slows_requests_and_every_lost_span_is_counted()
     );
     assert_eq!(app.seen().len(), 200);
 
-    wait_for_series(&p, "tracemesh_span_export_errors_total", |v| v > 0.0).await;
+    p.wait_for_series("tracemesh_span_export_errors_total", |v| v > 0.0)
+        .await;
     // Each of the 200 spans is lost, either at the full queue or in a failed export, and each
     // is counted exactly once.
-    wait_for_series(&p, "tracemesh_spans_dropped_total", |v| v == 200.0).await;
+    p.wait_for_series("tracemesh_spans_dropped_total", |v| v == 200.0)
+        .await;
     let text = p.metrics().await;
     assert_eq!(metric(&text, "tracemesh_spans_exported_total"), Some(0.0));
     assert_eq!(
@@ -349,11 +335,14 @@ async fn stalled_collector_never_slows_requests_drops_are_counted_and_export_res
     assert_eq!(app.seen().len(), 200);
 
     // At most one batch is stalled in export and 8 spans wait in the queue; the rest are dropped.
-    let dropped = wait_for_series(&p, "tracemesh_spans_dropped_total", |v| v > 0.0).await;
+    let dropped = p
+        .wait_for_series("tracemesh_spans_dropped_total", |v| v > 0.0)
+        .await;
     assert!(dropped >= 200.0 - 16.0, "only {dropped} spans dropped");
     assert!(otlp.requests() >= 1, "no export reached the collector");
     // The stalled call times out after 3 s and is counted as an export error.
-    wait_for_series(&p, "tracemesh_span_export_errors_total", |v| v > 0.0).await;
+    p.wait_for_series("tracemesh_span_export_errors_total", |v| v > 0.0)
+        .await;
     assert_eq!(
         metric(&p.metrics().await, "tracemesh_spans_exported_total"),
         Some(0.0)
@@ -369,7 +358,8 @@ async fn stalled_collector_never_slows_requests_drops_are_counted_and_export_res
             .any(|s| s.attr_str("url.path") == Some("/after-recovery"))
     })
     .await;
-    wait_for_series(&p, "tracemesh_spans_exported_total", |v| v >= 1.0).await;
+    p.wait_for_series("tracemesh_spans_exported_total", |v| v >= 1.0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,5 +387,5 @@ async fn client_that_gives_up_before_the_response_is_recorded_as_cancelled() {
     // Not the server's fault: the span says why but is not an error.
     assert_eq!(span.status_code, SpanStatus::Unset, "{span:?}");
     let series = "tracemesh_requests_total{direction=\"inbound\",method=\"GET\",status_code=\"0\",error_type=\"cancelled\"}";
-    assert_eq!(wait_for_series(&p, series, |v| v >= 1.0).await, 1.0);
+    assert_eq!(p.wait_for_series(series, |v| v >= 1.0).await, 1.0);
 }

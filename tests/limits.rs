@@ -26,13 +26,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// The value of one series in Prometheus text (`name` or `name{labels}`, exactly as rendered).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, rest) = l.split_once(' ')?;
-        (name == series).then(|| rest.split_whitespace().next()?.parse().ok())?
-    })
-}
+use support::process::metric_value as metric;
 
 /// A proxy in front of `app` that exports nothing.
 fn untraced(name: &str, app: SocketAddr) -> ProxyBuilder {

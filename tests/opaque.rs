@@ -12,7 +12,6 @@ use std::{
 use support::{
     client,
     echo::{ws_echo, TcpEcho, WsEcho},
-    eventually,
     otlp::{tree, OtlpReceiver, SpanKind, SpanStatus},
     process::{reserve_port, Proxy, ProxyBuilder},
     serve, DEADLINE,
@@ -22,23 +21,7 @@ use tokio::{
     net::TcpStream,
 };
 
-/// The value of one series in Prometheus text (`name` or `name{labels}`, exactly as rendered).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, rest) = l.split_once(' ')?;
-        (name == series).then(|| rest.split_whitespace().next()?.parse().ok())?
-    })
-}
-
-/// Polls `/metrics` until `series` satisfies `ok`; returns its value.
-async fn wait_for_series(p: &Proxy, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let what = format!("{series} to reach the expected value");
-    let ok = &ok;
-    eventually(DEADLINE, &what, || async move {
-        metric(&p.metrics().await, series).filter(|v| ok(*v))
-    })
-    .await
-}
+use support::process::metric_value as metric;
 
 const OPAQUE_IN: &str = "tracemesh_opaque_connections_total{direction=\"inbound\"}";
 const OPAQUE_OUT: &str = "tracemesh_opaque_connections_total{direction=\"outbound\"}";
@@ -126,7 +109,7 @@ async fn non_http_bytes_pass_through_inbound_byte_for_byte_and_are_counted() {
     assert_eq!(echo.connections(), 3);
 
     // Bytes are counted when a relay ends, which can be just after the client saw the close.
-    wait_for_series(&p, SENT_IN, |v| v == total as f64).await;
+    p.wait_for_series(SENT_IN, |v| v == total as f64).await;
     let text = p.metrics().await;
     assert_eq!(metric(&text, OPAQUE_IN), Some(3.0));
     assert_eq!(metric(&text, RECEIVED_IN), Some(total as f64));
@@ -185,7 +168,8 @@ async fn server_first_protocol_gets_its_banner_through_after_the_detect_timeout(
     assert_eq!(rest, b"221 bye\r\n", "{:?}", String::from_utf8_lossy(&rest));
     drop(stream);
 
-    wait_for_series(&p, SENT_IN, |v| v == (BANNER.len() + 9) as f64).await;
+    p.wait_for_series(SENT_IN, |v| v == (BANNER.len() + 9) as f64)
+        .await;
     let text = p.metrics().await;
     assert_eq!(metric(&text, OPAQUE_IN), Some(1.0));
     assert_eq!(metric(&text, RECEIVED_IN), Some(6.0));
@@ -232,7 +216,8 @@ async fn tls_client_hello_is_passed_through_untouched() {
     let got = client::tcp_roundtrip(p.inbound(), &hello, DEADLINE).await;
     assert_same_bytes(&got, &hello, "ClientHello");
 
-    wait_for_series(&p, SENT_IN, |v| v == hello.len() as f64).await;
+    p.wait_for_series(SENT_IN, |v| v == hello.len() as f64)
+        .await;
     let text = p.metrics().await;
     assert_eq!(metric(&text, OPAQUE_IN), Some(1.0));
     assert_eq!(metric(&text, RECEIVED_IN), Some(hello.len() as f64));
@@ -279,7 +264,7 @@ async fn websocket_upgrade_is_relayed_and_traced_as_101() {
 
     // After the 101 the connection is an opaque stream, counted as such.
     let payload: usize = messages.iter().map(|m| m.len()).sum();
-    wait_for_series(&p, RECEIVED_IN, |v| v > payload as f64).await;
+    p.wait_for_series(RECEIVED_IN, |v| v > payload as f64).await;
     let text = p.metrics().await;
     assert_eq!(metric(&text, OPAQUE_IN), Some(1.0));
     assert!(
@@ -320,7 +305,8 @@ async fn connect_tunnel_through_outbound_carries_bytes_both_ways() {
     assert_same_bytes(&got, &payload, "tunnelled bytes");
     assert_eq!(echo.connections(), 1);
 
-    wait_for_series(&p, SENT_OUT, |v| v == payload.len() as f64).await;
+    p.wait_for_series(SENT_OUT, |v| v == payload.len() as f64)
+        .await;
     let text = p.metrics().await;
     assert_eq!(metric(&text, OPAQUE_OUT), Some(1.0));
     assert_eq!(metric(&text, RECEIVED_OUT), Some(payload.len() as f64));

@@ -386,6 +386,25 @@ impl Proxy {
         }
     }
 
+    /// The current value of one series (`name` or `name{labels}`, exactly as rendered in the
+    /// classic text format), or `None` if it is absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Polls `/metrics` until `series` satisfies `ok`; returns its value.
+    ///
+    /// # Panics
+    /// After [`DEADLINE`], naming the series.
+    pub async fn wait_for_series(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let what = format!("{series} to reach the expected value");
+        let ok = &ok;
+        super::eventually(DEADLINE, &what, || async move {
+            self.metric(series).await.filter(|v| ok(*v))
+        })
+        .await
+    }
+
     /// Sends SIGTERM (graceful drain).
     ///
     /// # Panics
@@ -475,4 +494,12 @@ async fn ready_probe(admin: SocketAddr) -> bool {
 
 fn unspecified() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// The value of one series in Prometheus text (`name` or `name{labels}`, exactly as rendered).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, rest) = l.split_once(' ')?;
+        (name == series).then(|| rest.split_whitespace().next()?.parse().ok())?
+    })
 }
