@@ -57,3 +57,34 @@ fi
 
 python3 -c 'import prometheus_client.openmetrics.parser, prometheus_client.parser'
 prometheus --version 2>&1 | sed -n 1p
+
+# ---------------------------------------------------------------------------------------------
+# Helm chart tests (tests/chart/, scripts/render-manifests.sh).
+# - helm-python-sdk (pinned): Helm's official Go SDK (v4) as a Python package, its native
+#   library inside the wheel: lints and renders charts/tracemesh with no helm binary.
+# - kubernetes-validate (pinned): the Kubernetes JSON schemas the rendered documents are
+#   validated against (tests/chart/chartlib.py names the Kubernetes release).
+# - openssl: tests/chart checks the chart's generated CA, certificate and key belong together.
+HELM_PYTHON_SDK_VERSION=0.2.2
+KUBERNETES_VALIDATE_VERSION=1.37.0
+
+command -v openssl >/dev/null 2>&1 || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssl
+}
+installed_version() {
+  python3 -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1" 2>/dev/null
+}
+chart_pkgs=()
+[ "$(installed_version helm-python-sdk || true)" = "$HELM_PYTHON_SDK_VERSION" ] ||
+  chart_pkgs+=("helm-python-sdk==${HELM_PYTHON_SDK_VERSION}")
+[ "$(installed_version kubernetes-validate || true)" = "$KUBERNETES_VALIDATE_VERSION" ] ||
+  chart_pkgs+=("kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}")
+if [ "${#chart_pkgs[@]}" -gt 0 ]; then
+  chart_pip_flags=(--quiet --disable-pip-version-check --root-user-action=ignore)
+  if python3 -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    chart_pip_flags+=(--break-system-packages)
+  fi
+  python3 -m pip install "${chart_pip_flags[@]}" "${chart_pkgs[@]}"
+fi
+python3 -c 'import helm_python, kubernetes_validate, yaml; print("helm SDK", helm_python.helm_sdk_version())'

@@ -10,6 +10,17 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== chart tests (Helm SDK lint/render, Kubernetes schema validation, manifests/ up to date)"
+set +e
+chart_out="$(python3 tests/chart/test_chart.py 2>&1)"
+chart_status=$?
+set -e
+echo "$chart_out"
+chart_passed=$(echo "$chart_out" | sed -n 's/^chart: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p' | tail -1)
+chart_failed=$(echo "$chart_out" | sed -n 's/^chart: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p' | tail -1)
+# A run that could not even report counts is a failure, never zero tests.
+[ -n "$chart_passed" ] || { chart_passed=0; chart_failed=1; }
+
 echo "== cargo test"
 # Integration tests start real processes; two threads keep a 2-core machine responsive.
 # --all-targets: unit, binary and integration tests (the crate has no doctests).
@@ -22,6 +33,9 @@ set -e
 # One closing line over every test binary, so a reader of the last line sees the whole run.
 passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+passed=$((passed + chart_passed))
+failed=$((failed + chart_failed))
 echo
 echo "tests: $passed passed, $failed failed"
+[ "$chart_status" -eq 0 ] || exit "$chart_status"
 exit "$status"
