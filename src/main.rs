@@ -26,6 +26,11 @@ enum Command {
     Demo(tracemesh::demo::DemoArgs),
     /// Init container: iptables rules that redirect the pod's TCP through the proxy.
     Init(tracemesh::k8s::init::InitArgs),
+    /// Reads Kubernetes YAML and writes it back with the sidecar injected.
+    ///
+    /// Like `linkerd inject`, every pod template given is injected unless it is annotated
+    /// `tracemesh.io/inject: disabled` or uses the host network. A report goes to stderr.
+    Inject(tracemesh::k8s::inject::InjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,7 +46,7 @@ fn main() -> ExitCode {
     // The demo prints a report; its proxies' start-up lines would only clutter it.
     init_logging(match cli.command {
         Command::Demo(_) => "warn",
-        Command::Proxy(_) | Command::Init(_) => "info",
+        Command::Proxy(_) | Command::Init(_) | Command::Inject(_) => "info",
     });
     match cli.command {
         Command::Proxy(args) => run_proxy(*args),
@@ -56,6 +61,32 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("tracemesh init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Inject(args) => match tracemesh::k8s::inject::run(&args) {
+            Ok((yaml, reports)) => {
+                use std::io::Write as _;
+                for r in &reports {
+                    match r.outcome {
+                        tracemesh::k8s::inject::Outcome::Injected => {
+                            eprintln!("{} {:?} injected", r.kind, r.name);
+                        }
+                        tracemesh::k8s::inject::Outcome::Skipped(why) => {
+                            eprintln!("{} {:?} skipped: {}", r.kind, r.name, why.as_str());
+                        }
+                    }
+                }
+                match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("tracemesh inject: writing stdout: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("tracemesh inject: {:#}", anyhow::Error::from(e));
                 ExitCode::FAILURE
             }
         },

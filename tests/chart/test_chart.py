@@ -297,7 +297,7 @@ class EveryOptionOn(unittest.TestCase):
         pm = by_kind(self.docs, "PodMonitor")
         self.assertEqual(pm["metadata"]["labels"]["release"], "kps")
         self.assertEqual(pm["spec"]["namespaceSelector"], {"matchNames": ["shop"]})
-        self.assertEqual(pm["spec"]["podMetricsEndpoints"][0]["port"], "tracemesh-admin")
+        self.assertEqual(pm["spec"]["podMetricsEndpoints"][0]["port"], "tm-admin")
         self.assertIn("PodMonitor tracemesh-proxies", self.rendered["tracemesh/templates/NOTES.txt"])
 
     def test_grafana_dashboard(self):
