@@ -11,7 +11,8 @@
 //! - [`telemetry`]: the span layer, the sampler, and export over OTLP through a bounded queue.
 //! - [`metrics`]: the Prometheus registry and the proxy's own health counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
-//! - [`k8s`]: the init container's iptables rules (`tracemesh init`).
+//! - [`k8s`]: `tracemesh init` (iptables), `inject` (the pod mutation) and `webhook`.
+//! - [`tls`]: serving certificates reloaded from files.
 //! - [`demo`]: the local, no-cluster showcase.
 #![forbid(unsafe_code)]
 
@@ -23,3 +24,4 @@ pub mod k8s;
 pub mod metrics;
 pub mod proxy;
 pub mod telemetry;
+pub mod tls;

@@ -31,6 +31,8 @@ enum Command {
     /// Like `linkerd inject`, every pod template given is injected unless it is annotated
     /// `tracemesh.io/inject: disabled` or uses the host network. A report goes to stderr.
     Inject(tracemesh::k8s::inject::InjectArgs),
+    /// Mutating admission webhook (TLS) that injects the sidecar into new pods.
+    Webhook(Box<tracemesh::k8s::webhook::WebhookArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
     // The demo prints a report; its proxies' start-up lines would only clutter it.
     init_logging(match cli.command {
         Command::Demo(_) => "warn",
-        Command::Proxy(_) | Command::Init(_) | Command::Inject(_) => "info",
+        Command::Proxy(_) | Command::Init(_) | Command::Inject(_) | Command::Webhook(_) => "info",
     });
     match cli.command {
         Command::Proxy(args) => run_proxy(*args),
@@ -90,6 +92,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Webhook(args) => {
+            let rt = runtime(2);
+            let result = rt.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let token = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutdown signal received");
+                    token.cancel();
+                });
+                tracemesh::k8s::webhook::run(*args, shutdown).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tracemesh webhook: {e:#}");
+                    ExitCode::from(config::EXIT_CONFIG as u8)
+                }
+            }
+        }
         Command::Demo(args) => {
             let rt = runtime(2);
             match rt.block_on(tracemesh::demo::run(args)) {

@@ -45,14 +45,15 @@ use k8s_openapi::{
 use crate::{
     config::{
         SampleRatio, ENV_ADMIN_LISTEN, ENV_INBOUND_LISTEN, ENV_NODE_NAME, ENV_OTLP_ENDPOINT,
-        ENV_OUTBOUND_LISTEN, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_PROPAGATORS, ENV_SERVICE_NAME,
-        ENV_TRACES_SAMPLER, ENV_TRACES_SAMPLER_ARG,
+        ENV_OTLP_PROTOCOL, ENV_OUTBOUND_LISTEN, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_PROPAGATORS,
+        ENV_SERVICE_NAME, ENV_TRACES_SAMPLER, ENV_TRACES_SAMPLER_ARG,
     },
     context::Propagators,
     k8s::init::DEFAULT_PROXY_UID,
 };
 
 mod yaml;
+
 pub use self::yaml::{inject_yaml, run, InjectArgs, Report};
 
 pub const ANNOTATION_INJECT: &str = "tracemesh.io/inject";
@@ -67,6 +68,7 @@ pub const ANNOTATION_INJECTED: &str = "tracemesh.io/injected";
 /// Written on a pod template left alone, with a [`SkipReason`].
 pub const ANNOTATION_INJECT_SKIPPED: &str = "tracemesh.io/inject-skipped";
 
+const ANNOTATION_PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
 /// The sidecar's container name; its presence means "already injected".
 pub const PROXY_CONTAINER: &str = "tracemesh-proxy";
 /// The init container's name.
@@ -99,6 +101,17 @@ pub struct InjectConfig {
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     pub skip_outbound_cidrs: Vec<String>,
+    /// `imagePullPolicy` of both containers; unset leaves Kubernetes' default.
+    pub image_pull_policy: Option<String>,
+    /// `--iptables` for the init container (e.g. `iptables-legacy`); unset uses its default.
+    pub iptables: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` for the sidecar (`grpc`, `http/protobuf`).
+    pub otlp_protocol: Option<String>,
+    pub proxy_resources: ResourceRequirements,
+    pub init_resources: ResourceRequirements,
+    /// Add `prometheus.io/scrape|port|path` pod annotations for the admin port, unless the pod
+    /// already has a `prometheus.io/scrape` annotation of its own (the app's metrics win).
+    pub prometheus_annotations: bool,
     /// Inject only where a pod or namespace annotation says `enabled` (the webhook). Off for
     /// `tracemesh inject`, which injects whatever it is given unless it says `disabled`.
     pub require_opt_in: bool,
@@ -118,6 +131,12 @@ impl Default for InjectConfig {
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
+            image_pull_policy: None,
+            iptables: None,
+            otlp_protocol: None,
+            proxy_resources: resources("100m", "64Mi", "1", "256Mi"),
+            init_resources: resources("10m", "16Mi", "100m", "64Mi"),
+            prometheus_annotations: false,
             require_opt_in: false,
         }
     }
@@ -274,6 +293,15 @@ pub fn inject_pod_spec(
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.remove(ANNOTATION_INJECT_SKIPPED);
     annotations.insert(ANNOTATION_INJECTED.to_owned(), "true".to_owned());
+    if config.prometheus_annotations && !annotations.contains_key(ANNOTATION_PROMETHEUS_SCRAPE) {
+        for (key, value) in [
+            (ANNOTATION_PROMETHEUS_SCRAPE, "true".to_owned()),
+            ("prometheus.io/port", config.admin_port.to_string()),
+            ("prometheus.io/path", "/metrics".to_owned()),
+        ] {
+            annotations.insert(key.to_owned(), value);
+        }
+    }
     Ok(Outcome::Injected)
 }
 
@@ -411,6 +439,10 @@ fn init_container(config: &InjectConfig, s: &Settings) -> Container {
         "--admin-port".to_owned(),
         config.admin_port.to_string(),
     ];
+    if let Some(binary) = &config.iptables {
+        args.push("--iptables".to_owned());
+        args.push(binary.clone());
+    }
     for (flag, list) in [
         ("--skip-inbound-ports", join(&s.skip_inbound_ports)),
         ("--skip-outbound-ports", join(&s.skip_outbound_ports)),
@@ -424,6 +456,7 @@ fn init_container(config: &InjectConfig, s: &Settings) -> Container {
     Container {
         name: INIT_CONTAINER.to_owned(),
         image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
         args: Some(args),
         // iptables needs root and NET_ADMIN/NET_RAW in the pod's network namespace; nothing else.
         security_context: Some(SecurityContext {
@@ -437,7 +470,7 @@ fn init_container(config: &InjectConfig, s: &Settings) -> Container {
             allow_privilege_escalation: Some(false),
             ..Default::default()
         }),
-        resources: Some(resources("10m", "16Mi", "100m", "64Mi")),
+        resources: Some(config.init_resources.clone()),
         ..Default::default()
     }
 }
@@ -496,6 +529,9 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
     if let Some(e) = &s.otlp_endpoint {
         env_vars.push(env(ENV_OTLP_ENDPOINT, e.clone()));
     }
+    if let Some(p) = &config.otlp_protocol {
+        env_vars.push(env(ENV_OTLP_PROTOCOL, p.clone()));
+    }
     if let Some(p) = s.propagators {
         env_vars.push(env(ENV_PROPAGATORS, p.to_string()));
     }
@@ -515,6 +551,7 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
     Container {
         name: PROXY_CONTAINER.to_owned(),
         image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
         args: Some(vec!["proxy".to_owned()]),
         env: Some(env_vars),
         ports: Some(vec![
@@ -532,7 +569,7 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
             }),
             ..Default::default()
         }),
-        resources: Some(resources("100m", "64Mi", "1", "256Mi")),
+        resources: Some(config.proxy_resources.clone()),
         readiness_probe: Some(http_probe("/ready")),
         liveness_probe: Some(http_probe("/live")),
         ..Default::default()

@@ -1,0 +1,717 @@
+//! `tracemesh webhook`: the mutating admission webhook that injects the sidecar into new pods.
+//!
+//! The API server POSTs an `AdmissionReview` v1 to `/mutate` over TLS; the answer carries a
+//! JSON patch made by [`mutate`] from the same [`inject_pod_spec`] that `tracemesh inject` uses.
+//! The patch is computed whole before it is sent, from validated settings, so a pod gets either
+//! the complete injection or nothing.
+//!
+//! Opt-in: a pod is injected when its own `tracemesh.io/inject` annotation, or its namespace's
+//! `tracemesh.io/inject` label or annotation, says `enabled` (pod over namespace, annotation over
+//! label), and nothing says `disabled`. Namespaces are read from the API server per review
+//! (`get` on namespaces is the webhook's only permission). With `--namespace-lookup=false` the
+//! webhook has no API access and trusts the MutatingWebhookConfiguration's `namespaceSelector`:
+//! every pod it is asked about is injected unless the pod says `disabled`.
+//!
+//! When a pod cannot be injected (an invalid annotation, an undecodable pod, the namespace
+//! lookup failing) the default answer is `allowed: true` with a warning that `kubectl` prints,
+//! and no patch: the pod starts without a sidecar rather than not at all. `--on-error=reject`
+//! denies it instead. A review that is not an `AdmissionReview` v1 at all gets HTTP 400 with the
+//! reason.
+//!
+//! The serving certificate is re-read from its files every `--tls-reload-interval`
+//! ([`crate::tls::CertStore`]); cert-manager or a replaced Secret rotate it without a restart.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use k8s_openapi::{
+    api::core::v1::{Container, Namespace, PodSpec},
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+};
+use kube::core::{
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+    DynamicObject,
+};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::inject::{
+    inject_pod_spec, parse_endpoint, InjectConfig, InjectError, Outcome, SkipReason,
+    INIT_CONTAINER, PROXY_CONTAINER,
+};
+use crate::{config::SampleRatio, context::Propagators, k8s::init::DEFAULT_PROXY_UID, tls};
+
+/// Reviews larger than this are refused with 413. The API server's own request limit is 3 MiB.
+pub const MAX_REVIEW_BYTES: usize = 4 << 20;
+/// Each namespace lookup is bounded, well inside the webhook's own `timeoutSeconds`.
+const NAMESPACE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to answer when a pod cannot be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnError {
+    /// Admit the pod without the sidecar, with a warning.
+    Allow,
+    /// Deny the pod with the reason.
+    Reject,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WebhookArgs {
+    /// Address of the TLS listener.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the serving certificate.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the serving certificate.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// What to answer for a pod that cannot be injected.
+    #[arg(
+        long,
+        env = "TRACEMESH_WEBHOOK_ON_ERROR",
+        value_enum,
+        default_value = "allow"
+    )]
+    pub on_error: OnError,
+    /// Read namespace labels and annotations from the API server (in-cluster config or
+    /// KUBECONFIG). Off: the namespaceSelector alone decides, and every pod sent is injected
+    /// unless it says `disabled`.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_NAMESPACE_LOOKUP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub namespace_lookup: bool,
+    #[command(flatten)]
+    pub inject: InjectDefaults,
+}
+
+/// Defaults for every injected pod (the chart's `<release>-proxy-config` ConfigMap sets these
+/// through the environment). Empty values mean "not set".
+#[derive(Debug, clap::Args)]
+pub struct InjectDefaults {
+    #[arg(long = "image", env = "TRACEMESH_INJECT_IMAGE", default_value = super::inject::DEFAULT_IMAGE)]
+    pub image: String,
+    #[arg(long = "image-pull-policy", env = "TRACEMESH_INJECT_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never", ""])]
+    pub image_pull_policy: Option<String>,
+    #[arg(long = "proxy-uid", env = "TRACEMESH_INJECT_PROXY_UID", default_value_t = DEFAULT_PROXY_UID)]
+    pub proxy_uid: u32,
+    #[arg(long = "inbound-port", env = "TRACEMESH_INJECT_INBOUND_PORT", default_value_t = super::inject::DEFAULT_INBOUND_PORT)]
+    pub inbound_port: u16,
+    #[arg(long = "outbound-port", env = "TRACEMESH_INJECT_OUTBOUND_PORT", default_value_t = super::inject::DEFAULT_OUTBOUND_PORT)]
+    pub outbound_port: u16,
+    #[arg(long = "admin-port", env = "TRACEMESH_INJECT_ADMIN_PORT", default_value_t = super::inject::DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Comma-separated.
+    #[arg(long = "skip-inbound-ports", env = "TRACEMESH_INJECT_SKIP_INBOUND_PORTS", default_value = "", value_parser = parse_ports)]
+    pub skip_inbound_ports: Ports,
+    /// Comma-separated.
+    #[arg(long = "skip-outbound-ports", env = "TRACEMESH_INJECT_SKIP_OUTBOUND_PORTS", default_value = "", value_parser = parse_ports)]
+    pub skip_outbound_ports: Ports,
+    /// Comma-separated IPs or CIDRs.
+    #[arg(
+        long = "skip-outbound-cidrs",
+        env = "TRACEMESH_INJECT_SKIP_OUTBOUND_CIDRS",
+        default_value = ""
+    )]
+    pub skip_outbound_cidrs: String,
+    #[arg(long = "iptables", env = "TRACEMESH_INJECT_IPTABLES")]
+    pub iptables: Option<String>,
+    #[arg(long = "otlp-endpoint", env = "TRACEMESH_INJECT_OTLP_ENDPOINT", value_parser = parse_optional_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    #[arg(long = "otlp-protocol", env = "TRACEMESH_INJECT_OTLP_PROTOCOL", value_parser = ["grpc", "http/protobuf", ""])]
+    pub otlp_protocol: Option<String>,
+    #[arg(long = "sample-ratio", env = "TRACEMESH_INJECT_SAMPLE_RATIO")]
+    pub sample_ratio: Option<SampleRatio>,
+    #[arg(long = "propagators", env = "TRACEMESH_INJECT_PROPAGATORS", value_parser = |s: &str| Propagators::parse(s).map_err(|e| e.to_string()))]
+    pub propagators: Option<Propagators>,
+    /// `resources` of the sidecar, as JSON (`{"requests":{"cpu":"10m"},"limits":{...}}`).
+    #[arg(long = "proxy-resources", env = "TRACEMESH_INJECT_PROXY_RESOURCES", value_parser = parse_resources)]
+    pub proxy_resources: Option<ResourcesArg>,
+    /// `resources` of the init container, as JSON.
+    #[arg(long = "init-resources", env = "TRACEMESH_INJECT_INIT_RESOURCES", value_parser = parse_resources)]
+    pub init_resources: Option<ResourcesArg>,
+    /// Add prometheus.io/scrape, port and path annotations for the sidecar's admin port.
+    #[arg(long = "prometheus-annotations", env = "TRACEMESH_INJECT_PROMETHEUS_ANNOTATIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub prometheus_annotations: bool,
+}
+
+/// A parsed port list (a newtype so clap does not treat it as a repeated argument).
+#[derive(Debug, Clone, Default)]
+pub struct Ports(pub Vec<u16>);
+
+/// Parsed `ResourceRequirements` (a newtype for clap, as [`Ports`]).
+#[derive(Debug, Clone)]
+pub struct ResourcesArg(pub k8s_openapi::api::core::v1::ResourceRequirements);
+
+fn parse_ports(s: &str) -> Result<Ports, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.parse::<u16>() {
+            Ok(n) if n != 0 => Ok(n),
+            _ => Err(format!("{p:?} is not a port in 1..=65535")),
+        })
+        .collect::<Result<_, _>>()
+        .map(Ports)
+}
+
+fn parse_optional_endpoint(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Ok(String::new())
+    } else {
+        parse_endpoint(s)
+    }
+}
+
+fn parse_resources(s: &str) -> Result<ResourcesArg, String> {
+    let r: k8s_openapi::api::core::v1::ResourceRequirements =
+        serde_json::from_str(s).map_err(|e| format!("not a ResourceRequirements object: {e}"))?;
+    // Quantities are strings to serde; a typo would only show up when the pod is rejected.
+    for (name, q) in r.requests.iter().chain(r.limits.iter()).flatten() {
+        check_quantity(q).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(ResourcesArg(r))
+}
+
+/// The Kubernetes quantity grammar: a decimal number, then an optional binary (`Ki`…`Ei`),
+/// decimal (`n u m k M G T P E`) or exponent (`e3`) suffix.
+fn check_quantity(q: &Quantity) -> Result<(), String> {
+    let s = q.0.as_str();
+    let digits = s.trim_start_matches(['+', '-']);
+    let end = digits
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(digits.len());
+    let (number, suffix) = digits.split_at(end);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || suffix
+        .strip_prefix(['e', 'E'])
+        .and_then(|e| e.trim_start_matches(['+', '-']).parse::<u32>().ok())
+        .is_some();
+    if number_ok && suffix_ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a quantity"))
+    }
+}
+
+impl WebhookArgs {
+    /// The injection config the webhook applies: the defaults, with opt-in required when
+    /// namespaces are looked up.
+    pub fn inject_config(&self) -> InjectConfig {
+        let d = &self.inject;
+        let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let defaults = InjectConfig::default();
+        InjectConfig {
+            image: d.image.clone(),
+            image_pull_policy: non_empty(&d.image_pull_policy),
+            proxy_uid: d.proxy_uid,
+            inbound_port: d.inbound_port,
+            outbound_port: d.outbound_port,
+            admin_port: d.admin_port,
+            skip_inbound_ports: d.skip_inbound_ports.0.clone(),
+            skip_outbound_ports: d.skip_outbound_ports.0.clone(),
+            skip_outbound_cidrs: d
+                .skip_outbound_cidrs
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            iptables: non_empty(&d.iptables),
+            otlp_endpoint: non_empty(&d.otlp_endpoint),
+            otlp_protocol: non_empty(&d.otlp_protocol),
+            sample_ratio: d.sample_ratio,
+            propagators: d.propagators,
+            proxy_resources: d
+                .proxy_resources
+                .clone()
+                .map_or(defaults.proxy_resources, |r| r.0),
+            init_resources: d
+                .init_resources
+                .clone()
+                .map_or(defaults.init_resources, |r| r.0),
+            prometheus_annotations: d.prometheus_annotations,
+            require_opt_in: self.namespace_lookup,
+        }
+    }
+}
+
+/// Why a pod was admitted without the sidecar (or denied, with `--on-error=reject`).
+#[derive(Debug, thiserror::Error)]
+pub enum MutateError {
+    #[error("the pod in the review is not a valid Pod: {0}")]
+    Decode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Inject(#[from] InjectError),
+    #[error("looking up namespace {namespace:?}: {reason}")]
+    Namespace { namespace: String, reason: String },
+}
+
+/// What [`mutate`] decided for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub outcome: Outcome,
+    /// RFC 6902 operations against the pod as the API server sent it; empty for "no change".
+    pub patch: Vec<Value>,
+}
+
+/// Decides and computes the patch for one pod: `pod` is the object from the review as JSON,
+/// `namespace` the `tracemesh.io/*` labels and annotations of its namespace.
+///
+/// # Errors
+/// The pod does not decode, or an annotation is invalid. No patch exists in that case.
+pub fn mutate(
+    pod: &Value,
+    namespace: &BTreeMap<String, String>,
+    config: &InjectConfig,
+) -> Result<Mutation, MutateError> {
+    let mut meta: ObjectMeta = match pod.get("metadata") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(MutateError::Decode)?,
+        None => ObjectMeta::default(),
+    };
+    let mut spec: PodSpec = serde_json::from_value(pod.get("spec").cloned().unwrap_or(json!({})))
+        .map_err(MutateError::Decode)?;
+    let before = meta.annotations.clone().unwrap_or_default();
+    let workload = workload_name(&meta);
+    let outcome = inject_pod_spec(&mut meta, &mut spec, namespace, workload.as_deref(), config)?;
+    let mut patch = Vec::new();
+    // A pod nobody opted in is left exactly as it is: every pod in a selected namespace passes
+    // through here, and most of them are not ours to annotate.
+    if matches!(
+        outcome,
+        Outcome::Skipped(SkipReason::AlreadyInjected | SkipReason::NotEnabled)
+    ) {
+        return Ok(Mutation { outcome, patch });
+    }
+    let after = meta.annotations.unwrap_or_default();
+    let has_annotations = pod
+        .pointer("/metadata/annotations")
+        .is_some_and(Value::is_object);
+    if !has_annotations {
+        if pod.get("metadata").is_none() {
+            patch.push(json!({"op": "add", "path": "/metadata", "value": {}}));
+        }
+        patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": after}));
+    } else {
+        for key in before.keys().filter(|k| !after.contains_key(*k)) {
+            let path = format!("/metadata/annotations/{}", escape(key));
+            patch.push(json!({"op": "remove", "path": path}));
+        }
+        for (key, value) in after.iter().filter(|(k, v)| before.get(*k) != Some(*v)) {
+            let path = format!("/metadata/annotations/{}", escape(key));
+            patch.push(json!({"op": "add", "path": path, "value": value}));
+        }
+    }
+    if outcome == Outcome::Injected {
+        let added = |list: &[Container], name: &str| {
+            let c = list.iter().find(|c| c.name == name).expect("just added");
+            serde_json::to_value(c).expect("a Container serializes")
+        };
+        let init = added(
+            spec.init_containers.as_deref().unwrap_or_default(),
+            INIT_CONTAINER,
+        );
+        let proxy = added(&spec.containers, PROXY_CONTAINER);
+        if pod
+            .pointer("/spec/initContainers")
+            .is_some_and(Value::is_array)
+        {
+            patch.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+        } else {
+            patch.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
+        }
+        patch.push(json!({"op": "add", "path": "/spec/containers/0", "value": proxy}));
+    }
+    Ok(Mutation { outcome, patch })
+}
+
+/// RFC 6901: `~` is `~0`, `/` is `~1`.
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The owning workload's name, as `tracemesh inject` names a workload's pods: a Deployment's
+/// pods belong to a ReplicaSet `<deployment>-<pod-template-hash>`; StatefulSets, DaemonSets,
+/// Jobs and ReplicationControllers own their pods directly. A bare pod has none (the proxy then
+/// derives the name from the pod's).
+fn workload_name(meta: &ObjectMeta) -> Option<String> {
+    let owner = meta
+        .owner_references
+        .as_deref()?
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    match owner.kind.as_str() {
+        "ReplicaSet" => {
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            Some(
+                hash.and_then(|h| owner.name.strip_suffix(h.as_str())?.strip_suffix('-'))
+                    .unwrap_or(&owner.name)
+                    .to_owned(),
+            )
+        }
+        "StatefulSet" | "DaemonSet" | "Job" | "ReplicationController" => Some(owner.name.clone()),
+        _ => None,
+    }
+}
+
+/// Where namespace labels and annotations come from.
+#[derive(Clone)]
+pub enum Namespaces {
+    /// The API server.
+    Kube(kube::Client),
+    /// Nowhere: the namespaceSelector decided.
+    Selector,
+}
+
+impl Namespaces {
+    /// The `tracemesh.io/*` labels and annotations of `name`, annotations winning.
+    async fn lookup(&self, name: &str) -> Result<BTreeMap<String, String>, MutateError> {
+        let Namespaces::Kube(client) = self else {
+            return Ok(BTreeMap::new());
+        };
+        let api = kube::Api::<Namespace>::all(client.clone());
+        let err = |reason: String| MutateError::Namespace {
+            namespace: name.to_owned(),
+            reason,
+        };
+        let ns = tokio::time::timeout(NAMESPACE_LOOKUP_TIMEOUT, api.get(name))
+            .await
+            .map_err(|_| err(format!("no answer within {NAMESPACE_LOOKUP_TIMEOUT:?}")))?
+            .map_err(|e| match e {
+                // The API server's own words ("namespaces \"x\" not found"), not kube's dump.
+                kube::Error::Api(status) => err(format!("{} ({})", status.message, status.code)),
+                other => err(other.to_string()),
+            })?;
+        let ours = |m: Option<BTreeMap<String, String>>| {
+            m.into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("tracemesh.io/"))
+        };
+        let mut merged: BTreeMap<String, String> = ours(ns.metadata.labels).collect();
+        merged.extend(ours(ns.metadata.annotations));
+        Ok(merged)
+    }
+}
+
+/// The admission logic behind `/mutate`, without the transport.
+pub struct Webhook {
+    config: InjectConfig,
+    on_error: OnError,
+    namespaces: Namespaces,
+}
+
+/// A request that is not a usable `AdmissionReview` v1; answered with HTTP 400.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("not an AdmissionReview: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("expected an admission.k8s.io/v1 AdmissionReview, got {api_version:?} {kind:?}")]
+    Version { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("the AdmissionReview request has no uid")]
+    NoUid,
+}
+
+impl Webhook {
+    pub fn new(config: InjectConfig, on_error: OnError, namespaces: Namespaces) -> Self {
+        Webhook {
+            config,
+            on_error,
+            namespaces,
+        }
+    }
+
+    /// Answers one review body.
+    ///
+    /// # Errors
+    /// The body is not an `AdmissionReview` v1 with a request.
+    pub async fn review(&self, body: &[u8]) -> Result<AdmissionReview<DynamicObject>, ReviewError> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+        if review.types.api_version != kube::core::admission::META_API_VERSION_V1
+            || review.types.kind != kube::core::admission::META_KIND
+        {
+            return Err(ReviewError::Version {
+                api_version: review.types.api_version,
+                kind: review.types.kind,
+            });
+        }
+        let request: AdmissionRequest<DynamicObject> =
+            review.try_into().map_err(|_| ReviewError::NoRequest)?;
+        if request.uid.is_empty() {
+            return Err(ReviewError::NoUid);
+        }
+        Ok(self.answer(&request).await.into_review())
+    }
+
+    async fn answer(&self, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+        let response = AdmissionResponse::from(request);
+        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+        let (true, Operation::Create, Some(object)) = (is_pod, &request.operation, &request.object)
+        else {
+            return response;
+        };
+        let pod_name = object
+            .metadata
+            .name
+            .clone()
+            .or_else(|| object.metadata.generate_name.clone())
+            .unwrap_or_default();
+        let namespace = request.namespace.clone().unwrap_or_default();
+        let result = async {
+            let pod = serde_json::to_value(object).map_err(MutateError::Decode)?;
+            let ns = self.namespaces.lookup(&namespace).await?;
+            mutate(&pod, &ns, &self.config)
+        }
+        .await;
+        match result {
+            Ok(Mutation { outcome, patch }) => {
+                tracing::info!(
+                    namespace,
+                    pod = pod_name,
+                    outcome = outcome_str(outcome),
+                    dry_run = request.dry_run,
+                    "reviewed"
+                );
+                if patch.is_empty() {
+                    return response;
+                }
+                let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch))
+                    .expect("our operations are RFC 6902");
+                response.with_patch(patch).expect("a JSON patch serializes")
+            }
+            Err(e) => {
+                let reason = format!(
+                    "tracemesh: sidecar not injected: {:#}",
+                    anyhow::Error::from(e)
+                );
+                tracing::warn!(namespace, pod = pod_name, on_error = ?self.on_error, "{reason}");
+                match self.on_error {
+                    OnError::Allow => {
+                        let mut response = response;
+                        response.warnings = Some(vec![reason]);
+                        response
+                    }
+                    OnError::Reject => response.deny(reason),
+                }
+            }
+        }
+    }
+}
+
+fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Injected => "injected",
+        Outcome::Skipped(why) => why.as_str(),
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn json_response(status: StatusCode, review: &AdmissionReview<DynamicObject>) -> Response<Body> {
+    let body = serde_json::to_vec(review).expect("an AdmissionReview serializes");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+/// Routes one HTTP request: `POST /mutate`, `GET /ready`, `GET /live`.
+pub async fn handle<B>(webhook: &Webhook, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ready" | "/live") => text(StatusCode::OK, "ok\n"),
+        (&Method::POST, "/mutate") => {
+            let started = Instant::now();
+            let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("AdmissionReview larger than {MAX_REVIEW_BYTES} bytes\n"),
+                    );
+                }
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+            };
+            match webhook.review(&body).await {
+                Ok(review) => {
+                    tracing::debug!(elapsed = ?started.elapsed(), "review answered");
+                    json_response(StatusCode::OK, &review)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed review");
+                    json_response(
+                        StatusCode::BAD_REQUEST,
+                        &AdmissionResponse::invalid(e.to_string()).into_review(),
+                    )
+                }
+            }
+        }
+        (_, "/mutate" | "/ready" | "/live") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Serves `webhook` over TLS on `listener` until `shutdown`, then lets requests in flight
+/// finish (at most `grace`).
+pub async fn serve(
+    listener: TcpListener,
+    certs: Arc<tls::CertStore>,
+    webhook: Arc<Webhook>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()));
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let webhook = webhook.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let webhook = webhook.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&webhook, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, %peer, "webhook connection error");
+            }
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("connections still open after the grace period");
+    }
+}
+
+/// `tracemesh webhook`: loads the certificate, connects to the API server (unless
+/// `--namespace-lookup=false`), binds, and serves until `shutdown`.
+///
+/// # Errors
+/// The certificate does not load, the API server config is missing, or the address is taken.
+pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    // kube's client takes rustls' process-wide provider; make it ours (ring) before it looks.
+    let _ = tls::provider().as_ref().clone().install_default();
+    let certs = tls::CertStore::load(&args.tls_cert, &args.tls_key)?;
+    let namespaces = if args.namespace_lookup {
+        let client = kube::Client::try_default().await.context(
+            "no Kubernetes API config (in-cluster or KUBECONFIG) for namespace lookups; \
+             run with --namespace-lookup=false to let the namespaceSelector decide alone",
+        )?;
+        Namespaces::Kube(client)
+    } else {
+        Namespaces::Selector
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        namespace_lookup = args.namespace_lookup,
+        on_error = ?args.on_error,
+        "webhook listening"
+    );
+    let webhook = Arc::new(Webhook::new(
+        args.inject_config(),
+        args.on_error,
+        namespaces,
+    ));
+    tokio::spawn(
+        certs
+            .clone()
+            .watch(args.tls_reload_interval, shutdown.clone()),
+    );
+    serve(listener, certs, webhook, shutdown, Duration::from_secs(10)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,727 @@
+//! `tracemesh webhook` over real TLS: the real binary, a CA and serving certificate made by
+//! rcgen, `AdmissionReview` JSON as the API server sends it (tests/golden/webhook/), and the JSON
+//! patch it answers applied with the json-patch crate, then compared with what `tracemesh inject`
+//! writes for the same pod template.
+//!
+//! Namespace labels and annotations come from the Kubernetes API: the webhook gets a kubeconfig
+//! pointing at a loopback HTTP server that answers `GET /api/v1/namespaces/{name}` (the only
+//! call the webhook's RBAC allows), so kube's real client does the lookups.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use serde_json::{json, Value};
+use support::{eventually, process::command, serve, DEADLINE};
+
+const REVIEW: &str = include_str!("golden/webhook/pod-create-review.json");
+const IMAGE: &str = "registry.example.com/tracemesh:test";
+
+// === certificates ===
+
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A serving certificate for `localhost` and 127.0.0.1: (cert PEM, key PEM).
+    fn serving(&self) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tracemesh-webhook-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes through a rename, as kubelet's atomic writer swaps a Secret volume.
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+// === a namespace API ===
+
+/// Answers `GET /api/v1/namespaces/{name}` from a fixed map; 404 as the API server words it.
+struct NamespaceApi {
+    _served: serve::Served,
+    kubeconfig: PathBuf,
+    lookups: Arc<AtomicUsize>,
+}
+
+async fn namespace_api(dir: &Path, namespaces: Value) -> NamespaceApi {
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let listener = serve::bind_loopback().await;
+    let addr = listener.local_addr().unwrap();
+    let count = lookups.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let namespaces = namespaces.clone();
+        count.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let name = req
+                .uri()
+                .path()
+                .strip_prefix("/api/v1/namespaces/")
+                .unwrap_or_default();
+            let (status, body) = match namespaces.get(name) {
+                Some(meta) if req.method() == http::Method::GET => (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}),
+                ),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": format!("namespaces \"{name}\" not found"),
+                        "details": {"name": name, "kind": "namespaces"}
+                    }),
+                ),
+            };
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .unwrap(),
+            )
+        }
+    });
+    let served = serve::serve_http(listener, service);
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
+             current-context: test\n"
+        ),
+    )
+    .unwrap();
+    NamespaceApi {
+        _served: served,
+        kubeconfig,
+        lookups,
+    }
+}
+
+// === the webhook process ===
+
+struct Webhook {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    addr: SocketAddr,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Webhook {
+    fn logs(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+fn spawn(args: &[&str], env: &[(&str, &Path)]) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut cmd = command();
+    cmd.arg("webhook")
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawning tracemesh webhook");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("webhook: {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, lines)
+}
+
+async fn start(dir: &Path, kubeconfig: Option<&Path>, extra: &[&str]) -> Webhook {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        format!("--tls-cert={}", cert.display()),
+        format!("--tls-key={}", key.display()),
+        "--tls-reload-interval=100ms".to_owned(),
+        format!("--image={IMAGE}"),
+        "--otlp-endpoint=http://collector.observability.svc:4317".to_owned(),
+        "--sample-ratio=0.25".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    if kubeconfig.is_none() {
+        args.push("--namespace-lookup=false".to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &Path)> = kubeconfig.map(|k| ("KUBECONFIG", k)).into_iter().collect();
+    let (mut child, lines) = spawn(&args, &env);
+    let addr = eventually(DEADLINE, "`webhook listening listen=..`", || {
+        let found = lines.lock().unwrap().iter().find_map(|l| {
+            let rest = l.split("listen=").nth(1)?;
+            rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+        });
+        if found.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "webhook exited with {status}:\n{}",
+                    lines.lock().unwrap().join("\n")
+                );
+            }
+        }
+        async move { found }
+    })
+    .await;
+    Webhook { child, lines, addr }
+}
+
+// === a TLS client ===
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Bytes,
+    alpn: Option<Vec<u8>>,
+}
+
+fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+async fn handshake(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(ca_pem, alpn)));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+async fn send(addr: SocketAddr, ca_pem: &str, h2: bool, req: Request<Full<Bytes>>) -> Reply {
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let tls = handshake(addr, ca_pem, alpn).await.expect("TLS handshake");
+    let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let io = TokioIo::new(tls);
+    let rsp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        sender.send_request(req).await.unwrap()
+    };
+    let status = rsp.status();
+    let content_type = rsp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        content_type,
+        body,
+        alpn: negotiated,
+    }
+}
+
+fn post(path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post(format!("https://localhost{path}"))
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+fn review_in(namespace: &str) -> Value {
+    let mut review: Value = serde_json::from_str(REVIEW).unwrap();
+    review["request"]["namespace"] = json!(namespace);
+    review["request"]["object"]["metadata"]["namespace"] = json!(namespace);
+    review
+}
+
+/// The answer's `response`, with its patch applied to the review's pod (None: no patch).
+fn patched(review: &Value, reply: &Reply) -> (Value, Option<Value>) {
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.content_type, "application/json");
+    let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    let response = answer["response"].clone();
+    assert_eq!(response["uid"], review["request"]["uid"]);
+    if response.get("patch").is_none() {
+        assert!(response.get("patchType").is_none(), "{response}");
+        return (response, None);
+    }
+    assert_eq!(response["patchType"], "JSONPatch");
+    // kube writes the patch bytes as a JSON array of numbers, which the API server's Go decoder
+    // reads into its []byte as well as the base64 string Go itself writes; kube's types decode it.
+    assert!(response["patch"].is_array(), "{response}");
+    let typed: kube::core::admission::AdmissionReview<kube::core::DynamicObject> =
+        serde_json::from_slice(&reply.body).unwrap();
+    let bytes = typed.response.unwrap().patch.unwrap();
+    let ops: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &ops).expect("the patch applies to the pod the API server sent");
+    (response, Some(pod))
+}
+
+/// `tracemesh inject` on a Deployment `checkout` whose template is the review's pod, with the
+/// webhook's defaults; returns the injected template.
+fn inject_template(review: &Value) -> Value {
+    let pod = &review["request"]["object"];
+    let mut labels = pod["metadata"]["labels"].clone();
+    labels.as_object_mut().unwrap().remove("pod-template-hash");
+    let deployment = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "checkout", "namespace": pod["metadata"]["namespace"]},
+        "spec": {
+            "selector": {"matchLabels": {"app": "checkout"}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": pod["metadata"]["annotations"]},
+                "spec": pod["spec"],
+            }
+        }
+    });
+    let dir = TempDir::new("inject");
+    let input = dir.0.join("deployment.yaml");
+    std::fs::write(&input, serde_yaml_ng::to_string(&deployment).unwrap()).unwrap();
+    let out = command()
+        .args(["inject", &format!("--image={IMAGE}")])
+        .args([
+            "--otlp-endpoint=http://collector.observability.svc:4317",
+            "--sample-ratio=0.25",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let injected: Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+    injected["spec"]["template"].clone()
+}
+
+#[tokio::test]
+async fn patches_over_tls_equal_tracemesh_inject_for_the_same_pod() {
+    let dir = TempDir::new("patch");
+    let ca = Ca::new("test webhook CA");
+    let (cert, key) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let api = namespace_api(
+        &dir.0,
+        json!({
+            "shop": {"name": "shop", "labels": {"tracemesh.io/inject": "enabled", "kubernetes.io/metadata.name": "shop"}},
+            "annotated": {"name": "annotated", "annotations": {"tracemesh.io/inject": "enabled"}},
+            "plain": {"name": "plain", "labels": {"team": "a"}},
+            "opted-out": {"name": "opted-out", "labels": {"tracemesh.io/inject": "enabled"}, "annotations": {"tracemesh.io/inject": "disabled"}},
+        }),
+    )
+    .await;
+    let webhook = start(&dir.0, Some(&api.kubeconfig), &[]).await;
+
+    // Opted in by label (over HTTP/1.1) and by annotation (over HTTP/2): the same injection.
+    for (namespace, h2) in [("shop", false), ("annotated", true)] {
+        let review = review_in(namespace);
+        let reply = send(
+            webhook.addr,
+            &ca.pem,
+            h2,
+            post("/mutate", review.to_string()),
+        )
+        .await;
+        let expected_alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        assert_eq!(reply.alpn.as_deref(), Some(expected_alpn));
+        let (response, pod) = patched(&review, &reply);
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("warnings").is_none(), "{response}");
+        let pod = pod.expect("an opted-in pod gets a patch");
+        let template = inject_template(&review);
+        assert_eq!(pod["spec"], template["spec"], "namespace {namespace}");
+        assert_eq!(
+            pod["metadata"]["annotations"], template["metadata"]["annotations"],
+            "namespace {namespace}"
+        );
+        // Everything outside what injection adds is as the API server sent it.
+        let original = &review["request"]["object"];
+        for key in ["labels", "ownerReferences", "managedFields", "generateName"] {
+            assert_eq!(pod["metadata"][key], original["metadata"][key], "{key}");
+        }
+        assert_eq!(pod["status"], original["status"]);
+        let containers = pod["spec"]["containers"].as_array().unwrap();
+        assert_eq!(containers[0]["name"], "tracemesh-proxy");
+        assert_eq!(containers[1], original["spec"]["containers"][0]);
+        let env = containers[0]["env"].as_array().unwrap();
+        // The Deployment's name (the ReplicaSet's minus its hash) names the service.
+        assert!(
+            env.contains(&json!({"name": "OTEL_SERVICE_NAME", "value": "checkout"})),
+            "{env:?}"
+        );
+        // The pod's own annotation beat the webhook's default propagators.
+        assert!(
+            env.contains(&json!({"name": "OTEL_PROPAGATORS", "value": "tracecontext,b3multi"})),
+            "{env:?}"
+        );
+        assert_eq!(pod["spec"]["initContainers"][0]["name"], "tracemesh-init");
+    }
+
+    // Not opted in: admitted as is. Opted out by annotation over label: the reason is recorded.
+    let review = review_in("plain");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (response, pod) = patched(&review, &reply);
+    assert_eq!(response["allowed"], true);
+    assert!(pod.is_none(), "{response}");
+
+    let review = review_in("opted-out");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (_, pod) = patched(&review, &reply);
+    let pod = pod.expect("the skip reason is patched in");
+    assert_eq!(
+        pod["metadata"]["annotations"]["tracemesh.io/inject-skipped"],
+        "disabled"
+    );
+    assert_eq!(pod["spec"], review["request"]["object"]["spec"]);
+    assert_eq!(
+        api.lookups.load(Ordering::Relaxed),
+        4,
+        "one namespace GET per review"
+    );
+
+    // A namespace the API does not know: the lookup fails, the pod is admitted with a warning
+    // and no patch (the default --on-error=allow).
+    let review = review_in("gone");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (response, pod) = patched(&review, &reply);
+    assert_eq!(response["allowed"], true);
+    assert!(pod.is_none());
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("tracemesh: sidecar not injected: looking up namespace \"gone\""),
+        "{warning}"
+    );
+    assert!(
+        warning.ends_with("namespaces \"gone\" not found (404)"),
+        "{warning}"
+    );
+    assert!(
+        webhook.logs().contains("outcome=\"injected\""),
+        "{}",
+        webhook.logs()
+    );
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_a_clear_400_and_the_webhook_keeps_serving() {
+    let dir = TempDir::new("malformed");
+    let ca = Ca::new("test webhook CA");
+    let (cert, key) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let webhook = start(&dir.0, None, &["--on-error=reject"]).await;
+
+    let mut v1beta1 = review_in("shop");
+    v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
+    let mut no_object_kind = review_in("shop");
+    no_object_kind["request"]["kind"] = json!("Pod");
+    let cases: Vec<(Bytes, &str)> = vec![
+        (
+            Bytes::from_static(b"{\"apiVersion\":"),
+            "not an AdmissionReview: EOF",
+        ),
+        (Bytes::from_static(b"\xff\xfe"), "not an AdmissionReview"),
+        (
+            Bytes::from(v1beta1.to_string()),
+            "expected an admission.k8s.io/v1 AdmissionReview, got \"admission.k8s.io/v1beta1\"",
+        ),
+        (
+            Bytes::from(no_object_kind.to_string()),
+            "not an AdmissionReview",
+        ),
+        (
+            Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+            "the AdmissionReview has no request",
+        ),
+    ];
+    for (body, expected) in cases {
+        let reply = send(webhook.addr, &ca.pem, false, post("/mutate", body.clone())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body:?}");
+        let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(answer["response"]["allowed"], false);
+        let message = answer["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{body:?}: {message}");
+    }
+
+    let huge = vec![b' '; 5 << 20];
+    let reply = send(webhook.addr, &ca.pem, false, post("/mutate", huge)).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let get = Request::get("https://localhost/mutate")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(webhook.addr, &ca.pem, false, get).await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+
+    // An invalid annotation with --on-error=reject: denied with the reason, never patched.
+    let mut bad = review_in("shop");
+    bad["request"]["object"]["metadata"]["annotations"]["tracemesh.io/skip-inbound-ports"] =
+        json!("80,http");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", bad.to_string()),
+    )
+    .await;
+    let (response, pod) = patched(&bad, &reply);
+    assert_eq!(response["allowed"], false);
+    assert!(pod.is_none());
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("tracemesh.io/skip-inbound-ports") && message.contains("\"http\""),
+        "{message}"
+    );
+
+    // Still serving: a good review is injected (no namespace lookup: the selector decided).
+    let review = review_in("shop");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (response, pod) = patched(&review, &reply);
+    assert_eq!(response["allowed"], true);
+    assert!(pod.is_some());
+    let ready = Request::get("https://localhost/ready")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(webhook.addr, &ca.pem, true, ready).await.status,
+        StatusCode::OK
+    );
+    assert!(!webhook.logs().contains("panicked"), "{}", webhook.logs());
+}
+
+#[tokio::test]
+async fn rotated_certificates_are_served_without_a_restart() {
+    let dir = TempDir::new("rotate");
+    let (cert_path, key_path) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
+    let old = Ca::new("old CA");
+    let (cert, key) = old.serving();
+    std::fs::write(&cert_path, &cert).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
+    let webhook = start(&dir.0, None, &[]).await;
+    handshake(webhook.addr, &old.pem, &[])
+        .await
+        .expect("old CA trusted");
+
+    // A half-written update (certificate of the new pair, key of the old): kept out.
+    let new = Ca::new("new CA");
+    let (new_cert, new_key) = new.serving();
+    write_atomically(&cert_path, &new_cert);
+    let lines = webhook.lines.clone();
+    eventually(DEADLINE, "the bad pair to be refused", || {
+        let seen =
+            lines.lock().unwrap().iter().any(|l| {
+                l.contains("serving certificate not reloaded") && l.contains("does not fit")
+            });
+        async move { seen.then_some(()) }
+    })
+    .await;
+    handshake(webhook.addr, &old.pem, &[])
+        .await
+        .expect("still the old certificate");
+
+    write_atomically(&key_path, &new_key);
+    let addr = webhook.addr;
+    let new_pem = new.pem.clone();
+    eventually(DEADLINE, "the new certificate to be served", || {
+        let pem = new_pem.clone();
+        async move { handshake(addr, &pem, &[]).await.ok().map(drop) }
+    })
+    .await;
+    assert!(
+        handshake(webhook.addr, &old.pem, &[]).await.is_err(),
+        "the old CA no longer verifies"
+    );
+    assert!(
+        webhook.logs().contains("serving certificate reloaded"),
+        "{}",
+        webhook.logs()
+    );
+}
+
+#[tokio::test]
+async fn start_up_errors_are_one_clear_line() {
+    let dir = TempDir::new("startup");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--tls-cert=/nonexistent/tls.crt".into(),
+                "--tls-key=/nonexistent/tls.key".into(),
+                "--namespace-lookup=false".into(),
+            ],
+            "tracemesh webhook: reading /nonexistent/tls.crt: No such file or directory",
+        ),
+        (
+            vec![
+                format!("--tls-cert={}", dir.0.join("none.crt").display()),
+                format!("--tls-key={}", dir.0.join("none.key").display()),
+                "--proxy-resources={\"limits\":{\"memory\":\"1GB\"}}".into(),
+            ],
+            "memory: \"1GB\" is not a quantity",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (mut child, lines) = spawn(&args, &[]);
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(64), "{args:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let logs = lines.lock().unwrap().join("\n");
+        assert!(logs.contains(expected), "{args:?}:\n{logs}");
+    }
+
+    // Namespace lookups on, and no API server config anywhere.
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let home: &Path = &dir.0; // no ~/.kube/config in it
+    let (mut child, lines) = spawn(
+        &[
+            &format!("--tls-cert={}", dir.0.join("tls.crt").display()),
+            &format!("--tls-key={}", dir.0.join("tls.key").display()),
+        ],
+        &[("HOME", home)],
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(64));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let logs = lines.lock().unwrap().join("\n");
+    assert!(logs.contains("--namespace-lookup=false"), "{logs}");
+}
