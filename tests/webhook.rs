@@ -180,7 +180,7 @@ impl Webhook {
     }
 }
 
-fn spawn(args: &[&str], env: &[(&str, &Path)]) -> (Child, Arc<Mutex<Vec<String>>>) {
+fn spawn(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Child, Arc<Mutex<Vec<String>>>) {
     let mut cmd = command();
     cmd.arg("webhook")
         .args(args)
@@ -205,14 +205,9 @@ fn spawn(args: &[&str], env: &[(&str, &Path)]) -> (Child, Arc<Mutex<Vec<String>>
     (child, lines)
 }
 
+/// The webhook with the tests' inject defaults; `kubeconfig` None means no namespace lookups.
 async fn start(dir: &Path, kubeconfig: Option<&Path>, extra: &[&str]) -> Webhook {
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let mut args = vec![
-        "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        format!("--tls-cert={}", cert.display()),
-        format!("--tls-key={}", key.display()),
-        "--tls-reload-interval=100ms".to_owned(),
         format!("--image={IMAGE}"),
         "--otlp-endpoint=http://collector.observability.svc:4317".to_owned(),
         "--sample-ratio=0.25".to_owned(),
@@ -221,9 +216,26 @@ async fn start(dir: &Path, kubeconfig: Option<&Path>, extra: &[&str]) -> Webhook
     if kubeconfig.is_none() {
         args.push("--namespace-lookup=false".to_owned());
     }
+    let env: Vec<(&str, &std::ffi::OsStr)> = kubeconfig
+        .map(|k| ("KUBECONFIG", k.as_os_str()))
+        .into_iter()
+        .collect();
+    start_with(dir, &args, &env).await
+}
+
+/// The webhook serving `dir`'s tls.crt/tls.key on an ephemeral port, with `args` and `env`.
+async fn start_with(dir: &Path, extra: &[String], env: &[(&str, &std::ffi::OsStr)]) -> Webhook {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        format!("--tls-cert={}", cert.display()),
+        format!("--tls-key={}", key.display()),
+        "--tls-reload-interval=100ms".to_owned(),
+    ];
+    args.extend(extra.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env: Vec<(&str, &Path)> = kubeconfig.map(|k| ("KUBECONFIG", k)).into_iter().collect();
-    let (mut child, lines) = spawn(&args, &env);
+    let (mut child, lines) = spawn(&args, env);
     let addr = eventually(DEADLINE, "`webhook listening listen=..`", || {
         let found = lines.lock().unwrap().iter().find_map(|l| {
             let rest = l.split("listen=").nth(1)?;
@@ -714,7 +726,7 @@ async fn start_up_errors_are_one_clear_line() {
             &format!("--tls-cert={}", dir.0.join("tls.crt").display()),
             &format!("--tls-key={}", dir.0.join("tls.key").display()),
         ],
-        &[("HOME", home)],
+        &[("HOME", home.as_os_str())],
     );
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -724,4 +736,112 @@ async fn start_up_errors_are_one_clear_line() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let logs = lines.lock().unwrap().join("\n");
     assert!(logs.contains("--namespace-lookup=false"), "{logs}");
+}
+
+/// The rendered chart (manifests/tracemesh.yaml) is the webhook's real configuration: its
+/// Deployment's arguments and its ConfigMap's TRACEMESH_INJECT_* values must start the binary
+/// and come out in the injected pod.
+#[tokio::test]
+async fn the_rendered_charts_configuration_drives_the_webhook() {
+    use serde::Deserialize as _;
+    let manifests = include_str!("../manifests/tracemesh.yaml");
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(manifests)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|d| !d.is_null())
+        .collect();
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in manifests/tracemesh.yaml"))
+    };
+    let container = &find("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let chart_args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(chart_args[0], "webhook");
+    let chart_env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        chart_env.contains(&"TRACEMESH_WEBHOOK_LISTEN"),
+        "{chart_env:?}"
+    );
+    let config = find("ConfigMap")["data"].as_object().unwrap().clone();
+
+    let dir = TempDir::new("chart");
+    let ca = Ca::new("test webhook CA");
+    let (cert, key) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    // The chart's own flags, with its certificate paths swapped for ours (parsed, not ignored:
+    // an argument the binary does not know fails the start).
+    let mut args: Vec<String> = chart_args[1..]
+        .iter()
+        .filter(|a| !a.starts_with("--tls-cert=") && !a.starts_with("--tls-key="))
+        .map(|a| (*a).to_owned())
+        .collect();
+    args.push("--namespace-lookup=false".to_owned());
+    let values: Vec<(String, std::ffi::OsString)> = config
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().into()))
+        .collect();
+    let env: Vec<(&str, &std::ffi::OsStr)> = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_os_str()))
+        .collect();
+    let webhook = start_with(&dir.0, &args, &env).await;
+
+    let review = review_in("shop");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (_, pod) = patched(&review, &reply);
+    let pod = pod.expect("injected");
+    let proxy = &pod["spec"]["containers"][0];
+    let init = &pod["spec"]["initContainers"][0];
+    let value = |key: &str| config[key].as_str().unwrap().to_owned();
+    assert_eq!(proxy["image"], value("TRACEMESH_INJECT_IMAGE"));
+    assert_eq!(init["image"], value("TRACEMESH_INJECT_IMAGE"));
+    assert_eq!(
+        proxy["imagePullPolicy"],
+        value("TRACEMESH_INJECT_IMAGE_PULL_POLICY")
+    );
+    let resources: Value =
+        serde_json::from_str(&value("TRACEMESH_INJECT_PROXY_RESOURCES")).unwrap();
+    assert_eq!(proxy["resources"], resources);
+    let resources: Value = serde_json::from_str(&value("TRACEMESH_INJECT_INIT_RESOURCES")).unwrap();
+    assert_eq!(init["resources"], resources);
+    assert_eq!(
+        proxy["securityContext"]["runAsUser"].to_string(),
+        value("TRACEMESH_INJECT_PROXY_UID")
+    );
+    let init_args = init["args"].to_string();
+    assert!(
+        init_args.contains(&format!(
+            "\"--iptables\",\"{}\"",
+            value("TRACEMESH_INJECT_IPTABLES")
+        )),
+        "{init_args}"
+    );
+    let env = proxy["env"].as_array().unwrap();
+    assert!(env.contains(&json!({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": value("TRACEMESH_INJECT_OTLP_ENDPOINT")})), "{env:?}");
+    assert!(env.contains(&json!({"name": "OTEL_EXPORTER_OTLP_PROTOCOL", "value": value("TRACEMESH_INJECT_OTLP_PROTOCOL")})), "{env:?}");
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(value("TRACEMESH_INJECT_PROMETHEUS_ANNOTATIONS"), "true");
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(
+        annotations["prometheus.io/port"],
+        value("TRACEMESH_INJECT_ADMIN_PORT")
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
 }
