@@ -121,10 +121,16 @@ struct Shared {
 impl OtlpReceiver {
     /// Starts an OTLP/gRPC receiver.
     pub async fn start_grpc() -> Self {
+        Self::start_grpc_on(serve::bind_loopback().await)
+    }
+
+    /// Starts an OTLP/gRPC receiver on a listener the caller bound: for proxies that cannot
+    /// reach this process's loopback, such as ones in another network namespace.
+    pub fn start_grpc_on(listener: tokio::net::TcpListener) -> Self {
         let shared = Shared::new();
         let service = TraceServiceServer::new(GrpcTraceService(shared.clone()));
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let served = serve::serve_http(serve::bind_loopback().await, service);
+        let served = serve::serve_http(listener, service);
         Self {
             served,
             shared,
@@ -153,7 +159,7 @@ impl OtlpReceiver {
         self.protocol
     }
 
-    /// `http://127.0.0.1:PORT`: the value for `OTEL_EXPORTER_OTLP_ENDPOINT` (the proxy appends
+    /// `http://ADDR:PORT`: the value for `OTEL_EXPORTER_OTLP_ENDPOINT` (the proxy appends
     /// `/v1/traces` for HTTP).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.served.addr())
