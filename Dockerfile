@@ -4,28 +4,26 @@
 #
 #   docker build -t tracemesh:0.1.0 .
 #
-# Image choice (the trade-off):
-# - The `init` subcommand shells out to `iptables-restore`, so *some* image the pod runs must
-#   carry iptables. We ship one image for the sidecar, the init container and the webhook, so a
-#   cluster pulls one digest per node and the three can never drift apart in version.
-# - That rules out distroless/scratch as the final stage (they cannot hold iptables and its
-#   shared libraries without re-creating a distro by hand), so the final stage is
-#   debian:bookworm-slim plus the `iptables` package only: ~80 MB instead of ~25 MB, and a
-#   larger CVE surface (iptables, libnftnl, libmnl, glibc) than a static binary alone.
-# - Given glibc is in the final image anyway, the binary is built for glibc rather than musl:
-#   a static musl build would save nothing here, and musl's allocator is markedly slower under a
-#   multi-threaded proxy's allocation pattern.
+# Image choice:
+# - Final stage: distroless `cc-debian12` (glibc, CA certificates, no shell, no package
+#   manager), plus the tracemesh binary and iptables for the `init` subcommand. One image for
+#   the sidecar, the init container and the webhook, so a node pulls one digest and the three
+#   never drift apart in version.
+# - iptables comes from a bookworm stage: docker/iptables-rootfs.sh copies the iptables package
+#   and exactly the libraries and xtables extensions it loads (~3 MB) into a root filesystem
+#   that is copied over the distroless base, which is Debian 12 as well, so the glibc matches.
+#   tests/image.rs runs that same script and `tracemesh init` chrooted into the result.
+# - The binary is built for glibc (the base has it): musl's allocator is markedly slower under a
+#   multi-threaded proxy's allocation pattern, and a static binary would save nothing here.
 # - The default user is the unprivileged proxy UID 2102 (the UID `tracemesh init` exempts from
 #   redirection, and the chart's `proxy.uid`). Only the injected init container overrides it
 #   with runAsUser 0 plus the NET_ADMIN and NET_RAW capabilities; the sidecar and the webhook
 #   run as 2102 with a read-only root filesystem and no capabilities.
-# - Alternative if image size or CVE count matters more than one image: split into a
-#   distroless `gcr.io/distroless/cc-debian12:nonroot` image for proxy/webhook and this one
-#   for init only (the chart's values can point the init container at a second image).
 #
-# Both `iptables-nft` and `iptables-legacy` are installed (bookworm's default alternative is
-# nft); `tracemesh init --iptables iptables-legacy` selects the legacy backend for nodes whose
-# kernel lacks nf_tables.
+# Both backends are in the image: `iptables` is the nft one (Debian's default);
+# `tracemesh init --iptables iptables-legacy` selects legacy for nodes whose kernel lacks
+# nf_tables. Legacy takes a lock file under /run, so with the injected init container's
+# read-only root filesystem it needs /run to be writable (nft needs no lock file).
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -47,13 +45,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin tracemesh \
  && install -D -m 0755 target/release/tracemesh /out/tracemesh
 
-FROM debian:${DEBIAN_RELEASE}-slim
+FROM debian:${DEBIAN_RELEASE}-slim AS iptables
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 2102 tracemesh \
- && useradd --system --uid 2102 --gid 2102 \
-      --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tracemesh
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
+COPY docker/iptables-rootfs.sh /iptables-rootfs.sh
+RUN sh /iptables-rootfs.sh /rootfs
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=iptables /rootfs/ /
 COPY --from=builder /out/tracemesh /usr/local/bin/tracemesh
 LABEL org.opencontainers.image.title="tracemesh" \
       org.opencontainers.image.description="Kubernetes sidecar proxy that traces every hop" \
