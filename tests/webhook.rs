@@ -845,3 +845,26 @@ async fn the_rendered_charts_configuration_drives_the_webhook() {
     );
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_webhook_cleanly() {
+    let dir = TempDir::new("sigterm");
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let mut webhook = start(&dir.0, None, &[]).await;
+    // An idle keep-alive connection must not hold the exit up.
+    let _idle = handshake(webhook.addr, &ca.pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(webhook.child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = eventually(DEADLINE, "the webhook to exit", || {
+        let status = webhook.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "{status}\n{}", webhook.logs());
+    assert!(tokio::net::TcpStream::connect(webhook.addr).await.is_err());
+}
