@@ -78,7 +78,7 @@ pub const ADMIN_PORT_NAME: &str = "tm-admin";
 pub const INBOUND_PORT_NAME: &str = "tm-inbound";
 
 /// The image for both containers unless `--image` says otherwise.
-pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/tracemesh/tracemesh:v", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/tracemesh/tracemesh:", env!("CARGO_PKG_VERSION"));
 pub const DEFAULT_INBOUND_PORT: u16 = 4143;
 pub const DEFAULT_OUTBOUND_PORT: u16 = 4140;
 pub const DEFAULT_ADMIN_PORT: u16 = 4191;

@@ -1,16 +1,20 @@
 """The Helm chart, linted and rendered by the real Helm SDK (helm-python-sdk), every rendered
 document validated against the Kubernetes schemas (kubernetes-validate), and manifests/ checked
-to be up to date.
+to be up to date. The walk-through's manifests in examples/kubernetes/ are validated the same
+way, before and after `tracemesh inject`.
 
     python3 -m unittest discover -s tests/chart -v     # or: python3 tests/chart/test_chart.py
 
-Needs scripts/install-test-deps.sh (helm-python-sdk, kubernetes-validate) and openssl.
+Needs scripts/install-test-deps.sh (helm-python-sdk, kubernetes-validate), openssl, and cargo
+for the inject case (or TRACEMESH_BIN naming a built tracemesh binary).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,6 +128,31 @@ def check_generated_certs(test: unittest.TestCase, docs) -> None:
     )
 
 
+def private_keys(text: str, docs) -> list[str]:
+    """Where a PEM private key appears: in the text itself, or base64-encoded (as Secret `data`
+    carries it) in any string of any document."""
+    found = ["the text"] if "PRIVATE KEY" in text else []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(node, str) and len(node) >= 16:
+            try:
+                decoded = base64.b64decode(node, validate=True)
+            except ValueError:
+                return
+            if b"PRIVATE KEY" in decoded:
+                found.append(path)
+
+    for source, _, doc in docs:
+        walk(doc, f"{source}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}")
+    return found
+
+
 class Validator(unittest.TestCase):
     """The schema check is not vacuous: an unknown field and a wrong type are caught."""
 
@@ -203,10 +232,16 @@ class Defaults(unittest.TestCase):
         self.assertEqual(wh["sideEffects"], "None")
         self.assertEqual(wh["admissionReviewVersions"], ["v1"])
         self.assertEqual(wh["failurePolicy"], "Ignore")
-        self.assertEqual(wh["namespaceSelector"]["matchLabels"], {"tracemesh.io/inject": "enabled"})
-        self.assertIn(
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["tracemesh"]},
-            wh["namespaceSelector"]["matchExpressions"],
+        # Every namespace but these is sent: the webhook reads the namespace's label and
+        # annotation itself, so a namespace opted in by annotation alone is injected too.
+        self.assertEqual(
+            wh["namespaceSelector"],
+            {"matchExpressions": [
+                {"key": "tracemesh.io/inject", "operator": "NotIn", "values": ["disabled"]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                 "values": ["kube-system", "kube-node-lease", "kube-public"]},
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["tracemesh"]},
+            ]},
         )
         self.assertEqual(
             wh["objectSelector"]["matchExpressions"],
@@ -234,8 +269,20 @@ class Defaults(unittest.TestCase):
         role = by_kind(self.docs, "ClusterRole")
         self.assertEqual(
             role["rules"],
-            [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}],
+            [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}],
         )
+        pod = by_kind(self.docs, "Deployment")["spec"]["template"]["spec"]
+        self.assertTrue(pod["automountServiceAccountToken"])
+
+    def test_without_rbac_the_webhook_still_gets_a_token(self):
+        # rbac.create=false means "I bind the permission myself", not "no API access": the
+        # webhook reads namespaces either way and cannot start without a token.
+        docs = chartlib.documents(chartlib.render({"rbac": {"create": False}}))
+        kinds = {d["kind"] for _, _, d in docs}
+        self.assertFalse(kinds & {"ClusterRole", "ClusterRoleBinding"})
+        self.assertTrue(by_kind(docs, "ServiceAccount")["automountServiceAccountToken"])
+        pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+        self.assertTrue(pod["automountServiceAccountToken"])
 
     def test_pdb(self):
         pdb = by_kind(self.docs, "PodDisruptionBudget")
@@ -243,7 +290,8 @@ class Defaults(unittest.TestCase):
 
     def test_notes(self):
         notes = self.rendered["tracemesh/templates/NOTES.txt"]
-        self.assertIn("kubectl label namespace <your-namespace> tracemesh.io/inject=enabled", notes)
+        self.assertIn("kubectl label namespace <your-namespace> tracemesh.io/inject=enabled\n", notes)
+        self.assertIn("kubectl annotate namespace <your-namespace> tracemesh.io/inject=enabled\n", notes)
         self.assertIn("rollout restart", notes)
         self.assertIn("http://otel-collector.observability.svc:4317", notes)
         self.assertIn(":4191/metrics", notes)
@@ -277,6 +325,26 @@ class EveryOptionOn(unittest.TestCase):
         self.assertNotIn("caBundle", wh["clientConfig"])
         self.assertEqual(wh["failurePolicy"], "Fail")
         self.assertIn({"key": "team", "operator": "In", "values": ["shop"]}, wh["namespaceSelector"]["matchExpressions"])
+
+    def test_label_only_namespace_selector(self):
+        (wh,) = by_kind(self.docs, "MutatingWebhookConfiguration")["webhooks"]
+        self.assertEqual(wh["namespaceSelector"]["matchLabels"], {"tracemesh.io/inject": "enabled"})
+        # A matchExpressions of one's own replaces the defaults; the release's namespace stays out.
+        self.assertEqual(
+            wh["namespaceSelector"]["matchExpressions"],
+            [{"key": "team", "operator": "In", "values": ["shop"]},
+             {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["tracemesh"]}],
+        )
+        notes = self.rendered["tracemesh/templates/NOTES.txt"]
+        self.assertIn("kubectl label namespace <your-namespace> tracemesh.io/inject=enabled\n", notes)
+        self.assertIn("an annotation alone is not enough", notes)
+        self.assertNotIn("kubectl annotate namespace", notes)
+        notes = chartlib.render({"webhook": {"namespaceSelector": {"matchLabels": {"team": "shop"}}}})[
+            "tracemesh/templates/NOTES.txt"
+        ]
+        self.assertIn(
+            "kubectl label namespace <your-namespace> team=shop tracemesh.io/inject=enabled\n", notes
+        )
 
     def test_values_reach_the_config(self):
         data = by_kind(self.docs, "ConfigMap", "tracemesh-proxy-config")["data"]
@@ -325,8 +393,8 @@ class Files(unittest.TestCase):
 
 
 class Manifests(unittest.TestCase):
-    """manifests/tracemesh.yaml: up to date with the chart, valid, and its committed key material
-    consistent (the up-to-date comparison masks it, so it is checked here)."""
+    """manifests/tracemesh.yaml: exactly the chart rendered with chartlib.MANIFEST_VALUES, valid,
+    and free of key material: cert-manager issues the certificate in the cluster."""
 
     @classmethod
     def setUpClass(cls):
@@ -334,10 +402,9 @@ class Manifests(unittest.TestCase):
         cls.docs = [("manifests/tracemesh.yaml", "", d) for d in yaml.safe_load_all(cls.text) if d]
 
     def test_up_to_date(self):
-        fresh = chartlib.manifest_text(chartlib.render())
         self.assertEqual(
-            chartlib.mask_keys(self.text),
-            chartlib.mask_keys(fresh),
+            self.text,
+            chartlib.manifest(),
             "manifests/tracemesh.yaml is out of date: run scripts/render-manifests.sh",
         )
 
@@ -345,8 +412,189 @@ class Manifests(unittest.TestCase):
         validate_all(self, self.docs)
         self.assertEqual(self.docs[0][2]["kind"], "Namespace")
 
-    def test_committed_certificates(self):
-        check_generated_certs(self, self.docs)
+    def test_key_detector_finds_the_charts_generated_key(self):
+        # The chart's own default (no cert-manager) carries a base64 key in a Secret: the check
+        # below would see one if it were there.
+        rendered = chartlib.manifest_text(chartlib.render())
+        docs = [("default", "", d) for d in yaml.safe_load_all(rendered) if d]
+        self.assertEqual(private_keys(rendered, docs), ["default: Secret tracemesh-webhook-tls.data.tls.key"])
+
+    def test_no_key_material(self):
+        self.assertEqual(private_keys(self.text, self.docs), [])
+        self.assertNotIn("PRIVATE KEY", self.text)
+        tls_secrets = [
+            d["metadata"]["name"] for _, _, d in self.docs
+            if d["kind"] == "Secret" and d.get("type") == "kubernetes.io/tls"
+        ]
+        self.assertEqual(tls_secrets, [])
+        self.assertNotIn("Secret", {d["kind"] for _, _, d in self.docs})
+
+    def test_cert_manager_issues_the_mounted_certificate(self):
+        kinds = [(d["apiVersion"], d["kind"]) for _, _, d in self.docs]
+        self.assertEqual(kinds.count(("cert-manager.io/v1", "Issuer")), 2)
+        self.assertEqual(kinds.count(("cert-manager.io/v1", "Certificate")), 2)
+        serving = by_kind(self.docs, "Certificate", "tracemesh-webhook")
+        pod = by_kind(self.docs, "Deployment")["spec"]["template"]["spec"]
+        (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        self.assertEqual(serving["spec"]["secretName"], tls["secret"]["secretName"])
+        mwc = by_kind(self.docs, "MutatingWebhookConfiguration")
+        self.assertEqual(
+            mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+            f"{serving['metadata']['namespace']}/{serving['metadata']['name']}",
+        )
+        self.assertNotIn("caBundle", mwc["webhooks"][0]["clientConfig"])
+
+    def test_readme_and_header_install_cert_manager_first(self):
+        self.assertIn(chartlib.CERT_MANAGER_INSTALL, self.text)
+        readme = (chartlib.ROOT / "README.md").read_text()
+        self.assertIn(chartlib.CERT_MANAGER_INSTALL, readme)
+        self.assertLess(
+            readme.index(chartlib.CERT_MANAGER_INSTALL),
+            readme.index("kubectl apply -f manifests/tracemesh.yaml"),
+        )
+
+
+EXAMPLES = chartlib.ROOT / "examples" / "kubernetes"
+DEMO_NAMESPACE = "tracemesh-demo"
+DEMO_SERVICES = ("frontend", "orders", "inventory")
+
+
+def example_documents() -> list[tuple[str, str, dict]]:
+    """Every document in examples/kubernetes/*.yaml, as (file, "", parsed) like validate_all takes."""
+    docs = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((f"examples/kubernetes/{path.name}", "", doc))
+    return docs
+
+
+def pod_template(doc: dict) -> dict:
+    return doc["spec"]["template"]
+
+
+def tracemesh_binary() -> str:
+    """The tracemesh binary: $TRACEMESH_BIN, else the one `cargo test --all-targets` builds.
+
+    scripts/test.sh runs these tests just before that same `cargo test`, so building with the same
+    arguments here costs nothing extra: the test run that follows finds every artifact fresh. A
+    plain `cargo build` or `cargo run` would resolve the dependencies' features without the
+    dev-dependencies and compile most of them a second time.
+    """
+    if os.environ.get("TRACEMESH_BIN"):
+        return os.environ["TRACEMESH_BIN"]
+    if shutil.which("cargo") is None:
+        raise unittest.SkipTest("cargo not found and TRACEMESH_BIN not set")
+    out = subprocess.run(
+        ["cargo", "test", "--locked", "--all-targets", "--no-run",
+         "--message-format=json-render-diagnostics"],
+        cwd=chartlib.ROOT, capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise AssertionError(f"cargo test --no-run failed:\n{out.stderr[-4000:]}")
+    for line in out.stdout.splitlines():
+        msg = json.loads(line) if line.startswith("{") else {}
+        target = msg.get("target", {})
+        if (msg.get("reason") == "compiler-artifact" and target.get("name") == "tracemesh"
+                and target.get("kind") == ["bin"] and not msg["profile"]["test"]):
+            return msg["executable"]
+    raise AssertionError("cargo built no tracemesh binary")
+
+
+class Examples(unittest.TestCase):
+    """examples/kubernetes/, the README's walk-through: valid as written and after
+    `tracemesh inject`, and consistent with itself (no cluster here, so nothing is applied)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.docs = example_documents()
+
+    def find(self, kind, name):
+        found = [d for _, _, d in self.docs if d["kind"] == kind and d["metadata"]["name"] == name]
+        self.assertEqual(len(found), 1, f"{kind} {name}")
+        return found[0]
+
+    def test_validates_against_kubernetes_schema(self):
+        self.assertEqual(
+            sorted(p.name for p in EXAMPLES.glob("*.yaml")), ["demo.yaml", "jaeger.yaml", "namespace.yaml"]
+        )
+        validate_all(self, self.docs)
+
+    def test_demo_pods_opt_in_and_export_to_the_jaeger_service(self):
+        ns = self.find("Namespace", DEMO_NAMESPACE)
+        self.assertEqual(ns["metadata"]["labels"]["tracemesh.io/inject"], "enabled")
+        jaeger = self.find("Service", "jaeger")
+        (otlp,) = [p for p in jaeger["spec"]["ports"] if p["name"] == "otlp-grpc"]
+        endpoint = f"http://jaeger.{jaeger['metadata']['namespace']}.svc:{otlp['port']}"
+        for name in DEMO_SERVICES:
+            with self.subTest(name=name):
+                dep = self.find("Deployment", name)
+                self.assertEqual(dep["metadata"]["namespace"], DEMO_NAMESPACE)
+                annotations = pod_template(dep)["metadata"]["annotations"]
+                self.assertEqual(annotations["tracemesh.io/inject"], "enabled")
+                self.assertEqual(annotations["tracemesh.io/otlp-endpoint"], endpoint)
+        self.assertEqual(
+            pod_template(self.find("Deployment", "orders"))["metadata"]["annotations"]["tracemesh.io/propagators"],
+            "tracecontext,b3multi",
+        )
+
+    def test_upstreams_are_demo_services(self):
+        ports = {
+            d["metadata"]["name"]: {p["port"] for p in d["spec"]["ports"]}
+            for _, _, d in self.docs
+            if d["kind"] == "Service" and d["metadata"]["namespace"] == DEMO_NAMESPACE
+        }
+        chain = []
+        for name in DEMO_SERVICES:
+            (app,) = pod_template(self.find("Deployment", name))["spec"]["containers"]
+            env = {e["name"]: e["value"] for e in app["env"]}
+            # fake-service forwards the trace headers only while this is on.
+            self.assertEqual(env.get("HTTP_CLIENT_APPEND_REQUEST", "true"), "true")
+            for uri in filter(None, env.get("UPSTREAM_URIS", "").split(",")):
+                host, port = uri.removeprefix("http://").rstrip("/").split(":")
+                self.assertIn(int(port), ports.get(host, set()), f"{name} calls {uri}")
+                chain.append((name, host))
+        self.assertEqual(chain, [("frontend", "orders"), ("orders", "inventory")])
+
+    def test_collector_and_load_job_are_never_injected(self):
+        for kind, name in (("Deployment", "jaeger"), ("Job", "load")):
+            with self.subTest(kind=kind, name=name):
+                meta = pod_template(self.find(kind, name))["metadata"]
+                # The label keeps the webhook from being asked (its objectSelector); the
+                # annotation is what `tracemesh inject` and the webhook itself read.
+                self.assertEqual(meta["labels"]["tracemesh.io/inject"], "disabled")
+                self.assertEqual(meta["annotations"]["tracemesh.io/inject"], "disabled")
+        ns = self.find("Namespace", self.find("Deployment", "jaeger")["metadata"]["namespace"])
+        self.assertNotEqual(ns["metadata"].get("labels", {}).get("tracemesh.io/inject"), "enabled")
+
+    def test_inject_output_validates(self):
+        binary = tracemesh_binary()
+        text = "".join(f"---\n{p.read_text()}" for p in sorted(EXAMPLES.glob("*.yaml")))
+        out = subprocess.run(
+            [binary, "inject", "-"], input=text, capture_output=True, text=True, check=False
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        injected = [("tracemesh inject", "", d) for d in yaml.safe_load_all(out.stdout) if d]
+        self.assertEqual(len(injected), len(self.docs))
+        validate_all(self, injected)
+        for _, _, doc in injected:
+            if doc["kind"] not in ("Deployment", "Job"):
+                continue
+            name = doc["metadata"]["name"]
+            with self.subTest(name=name):
+                meta, spec = pod_template(doc)["metadata"], pod_template(doc)["spec"]
+                containers = [c["name"] for c in spec["containers"]]
+                init = [c["name"] for c in spec.get("initContainers", [])]
+                if name in DEMO_SERVICES:
+                    self.assertEqual(meta["annotations"]["tracemesh.io/injected"], "true")
+                    self.assertEqual((containers, init), (["tracemesh-proxy", "app"], ["tracemesh-init"]))
+                    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+                    self.assertEqual(env["OTEL_SERVICE_NAME"], name)
+                    self.assertEqual(env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger.observability.svc:4317")
+                else:
+                    self.assertEqual(meta["annotations"]["tracemesh.io/inject-skipped"], "disabled")
+                    self.assertNotIn("tracemesh-proxy", containers)
+                    self.assertEqual(init, [])
 
 
 if __name__ == "__main__":
