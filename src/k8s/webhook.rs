@@ -57,6 +57,9 @@ pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 /// Each namespace lookup is bounded, well inside the webhook's own `timeoutSeconds`.
 const NAMESPACE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most. The API server keeps a few; the rest of the pod network can reach
+/// the port too, and each connection holds a task and TLS state.
+const MAX_CONNECTIONS: usize = 512;
 
 /// What to answer when a pod cannot be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -613,6 +616,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()));
     let tracker = TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -626,10 +630,15 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, max = MAX_CONNECTIONS, "connection limit reached; closing");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => tls,
