@@ -92,6 +92,62 @@ impl CertStore {
         }))
     }
 
+    /// A store over PEM bytes held in memory rather than files ([`CertStore::replace`] swaps
+    /// them; [`CertStore::reload`] finds nothing to re-read).
+    ///
+    /// # Errors
+    /// As [`CertStore::load`], with `name` in place of the file names.
+    pub fn from_pem(name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let path = PathBuf::from(name);
+        let loaded = parse_pair(&path, &path, cert_pem.to_vec(), key_pem.to_vec(), &provider)?;
+        Ok(Arc::new(CertStore {
+            cert_path: PathBuf::new(),
+            key_path: PathBuf::new(),
+            provider,
+            current: RwLock::new(loaded),
+        }))
+    }
+
+    /// Swaps in a new pair from memory. Returns whether it differed from the one in use.
+    ///
+    /// # Errors
+    /// The pair does not parse or does not match; the old pair stays in use.
+    pub fn replace(&self, name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, TlsError> {
+        {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if current.cert_pem == cert_pem && current.key_pem == key_pem {
+                return Ok(false);
+            }
+        }
+        let path = PathBuf::from(name);
+        let loaded = parse_pair(
+            &path,
+            &path,
+            cert_pem.to_vec(),
+            key_pem.to_vec(),
+            &self.provider,
+        )?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(true)
+    }
+
+    /// Checks that a PEM pair would load, without a store.
+    ///
+    /// # Errors
+    /// As [`CertStore::from_pem`].
+    pub fn check_pem(name: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+        let path = PathBuf::from(name);
+        parse_pair(
+            &path,
+            &path,
+            cert_pem.to_vec(),
+            key_pem.to_vec(),
+            &provider(),
+        )
+        .map(drop)
+    }
+
     /// A server config that asks this store for its certificate on every handshake, offering
     /// HTTP/2 and HTTP/1.1 by ALPN.
     pub fn server_config(self: &Arc<Self>) -> ServerConfig {
@@ -110,6 +166,9 @@ impl CertStore {
     /// # Errors
     /// As [`CertStore::load`]; the previous certificate stays in use.
     pub fn reload(&self) -> Result<bool, TlsError> {
+        if self.cert_path.as_os_str().is_empty() {
+            return Ok(false);
+        }
         let (cert_pem, key_pem) = read_files(&self.cert_path, &self.key_path)?;
         {
             let current = self.current.read().unwrap_or_else(|e| e.into_inner());

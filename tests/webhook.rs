@@ -10,6 +10,7 @@
 mod support;
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -227,12 +228,17 @@ async fn start(dir: &Path, kubeconfig: Option<&Path>, extra: &[&str]) -> Webhook
 async fn start_with(dir: &Path, extra: &[String], env: &[(&str, &std::ffi::OsStr)]) -> Webhook {
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let mut args = vec![
-        "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
         format!("--tls-cert={}", cert.display()),
         format!("--tls-key={}", key.display()),
         "--tls-reload-interval=100ms".to_owned(),
     ];
+    args.extend(extra.iter().cloned());
+    launch(&args, env).await
+}
+
+/// Spawns `tracemesh webhook --listen 127.0.0.1:0 ARGS` and waits for its listening line.
+async fn launch(extra: &[String], env: &[(&str, &std::ffi::OsStr)]) -> Webhook {
+    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
     args.extend(extra.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut child, lines) = spawn(&args, env);
@@ -285,10 +291,20 @@ async fn handshake(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    handshake_as(addr, ca_pem, alpn, "localhost").await
+}
+
+/// A TLS handshake that verifies the server as `name` against `ca_pem` alone.
+async fn handshake_as(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(ca_pem, alpn)));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
         .await
 }
 
@@ -867,4 +883,324 @@ async fn sigterm_stops_the_webhook_cleanly() {
     .await;
     assert!(status.success(), "{status}\n{}", webhook.logs());
     assert!(tokio::net::TcpStream::connect(webhook.addr).await.is_err());
+}
+
+// === --tls-secret: the webhook's own certificate ===
+
+/// The slice of the Kubernetes API that `--tls-secret` uses: Secrets in one namespace (get,
+/// create, replace with resourceVersion checks, 409 on conflicts) and one
+/// MutatingWebhookConfiguration (get, JSON patch applied with the json-patch crate).
+#[derive(Default)]
+struct ApiState {
+    secrets: HashMap<String, Value>,
+    webhook_configs: HashMap<String, Value>,
+    version: u64,
+    creates: Vec<StatusCode>,
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "reason": reason, "code": code.as_u16(), "message": message}),
+    )
+}
+
+fn handle_api(
+    state: &Mutex<ApiState>,
+    method: &http::Method,
+    path: &str,
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let mut st = state.lock().unwrap();
+    st.version += 1;
+    let version = st.version.to_string();
+    let secret_prefix = "/api/v1/namespaces/mesh/secrets";
+    let config_prefix = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/";
+    if let Some(rest) = path.strip_prefix(secret_prefix) {
+        let name = rest.trim_start_matches('/').to_owned();
+        match (method.as_str(), name.is_empty()) {
+            ("GET", false) => match st.secrets.get(&name) {
+                Some(v) => (StatusCode::OK, v.clone()),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("secrets \"{name}\" not found"),
+                ),
+            },
+            ("POST", true) => {
+                let mut obj: Value = serde_json::from_slice(body).unwrap();
+                let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+                let answer = match st.secrets.entry(name.clone()) {
+                    std::collections::hash_map::Entry::Occupied(_) => status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("secrets \"{name}\" already exists"),
+                    ),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        obj["metadata"]["resourceVersion"] = json!(version);
+                        slot.insert(obj.clone());
+                        (StatusCode::CREATED, obj)
+                    }
+                };
+                st.creates.push(answer.0);
+                answer
+            }
+            ("PUT", false) => {
+                let mut obj: Value = serde_json::from_slice(body).unwrap();
+                let current = st
+                    .secrets
+                    .get(&name)
+                    .map(|v| v["metadata"]["resourceVersion"].clone());
+                if current.is_none()
+                    || current.as_ref() != Some(&obj["metadata"]["resourceVersion"])
+                {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified".into(),
+                    );
+                }
+                obj["metadata"]["resourceVersion"] = json!(version);
+                st.secrets.insert(name, obj.clone());
+                (StatusCode::OK, obj)
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                path.to_owned(),
+            ),
+        }
+    } else if let Some(name) = path.strip_prefix(config_prefix) {
+        let Some(current) = st.webhook_configs.get(name).cloned() else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("mutatingwebhookconfigurations \"{name}\" not found"),
+            );
+        };
+        match method.as_str() {
+            "GET" => (StatusCode::OK, current),
+            "PATCH" => {
+                let patch: json_patch::Patch = serde_json::from_slice(body).unwrap();
+                let mut updated = current;
+                if let Err(e) = json_patch::patch(&mut updated, &patch) {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
+                }
+                updated["metadata"]["resourceVersion"] = json!(version);
+                st.webhook_configs.insert(name.to_owned(), updated.clone());
+                (StatusCode::OK, updated)
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                path.to_owned(),
+            ),
+        }
+    } else {
+        status(StatusCode::NOT_FOUND, "NotFound", path.to_owned())
+    }
+}
+
+struct FakeApi {
+    _served: serve::Served,
+    kubeconfig: PathBuf,
+    state: Arc<Mutex<ApiState>>,
+}
+
+async fn fake_api(dir: &Path, state: ApiState) -> FakeApi {
+    let state = Arc::new(Mutex::new(state));
+    let listener = serve::bind_loopback().await;
+    let addr = listener.local_addr().unwrap();
+    let shared = state.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let state = shared.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            let (code, value) = handle_api(&state, &parts.method, parts.uri.path(), &body);
+            Ok::<_, std::convert::Infallible>(
+                Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(value.to_string())))
+                    .unwrap(),
+            )
+        }
+    });
+    let served = serve::serve_http(listener, service);
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://{addr}\n\
+             users:\n- name: t\n  user: {{}}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: t\n\
+             current-context: t\n"
+        ),
+    )
+    .unwrap();
+    FakeApi {
+        _served: served,
+        kubeconfig,
+        state,
+    }
+}
+
+fn webhook_config() -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "tm-webhook", "resourceVersion": "1"},
+        "webhooks": [
+            {"name": "other.example.com", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+             "clientConfig": {"service": {"name": "someone-else", "namespace": "mesh", "path": "/x"}}},
+            {"name": "sidecar-injector.tracemesh.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+             "clientConfig": {"service": {"name": "tm-webhook", "namespace": "mesh", "path": "/mutate", "port": 443}}}
+        ]
+    })
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    // Through k8s-openapi's ByteString, the same decoding the API server's clients use.
+    serde_json::from_value::<k8s_openapi::ByteString>(json!(s))
+        .unwrap()
+        .0
+}
+
+fn secret_field(state: &Mutex<ApiState>, key: &str) -> Option<String> {
+    let st = state.lock().unwrap();
+    let encoded = st.secrets.get("tm-tls")?["data"][key].as_str()?.to_owned();
+    Some(String::from_utf8(decode_base64(&encoded)).unwrap())
+}
+
+fn ca_bundle(state: &Mutex<ApiState>, index: usize) -> Option<String> {
+    let st = state.lock().unwrap();
+    let encoded = st.webhook_configs["tm-webhook"]["webhooks"][index]["clientConfig"]["caBundle"]
+        .as_str()?
+        .to_owned();
+    Some(String::from_utf8(decode_base64(&encoded)).unwrap())
+}
+
+async fn launch_bootstrapped(kubeconfig: &Path) -> Webhook {
+    let args: Vec<String> = [
+        "--tls-secret=tm-tls",
+        "--webhook-config=tm-webhook",
+        "--service=tm-webhook",
+        "--namespace=mesh",
+        "--tls-secret-resync=200ms",
+        "--namespace-lookup=false",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    launch(&args, &[("KUBECONFIG", kubeconfig.as_os_str())]).await
+}
+
+#[tokio::test]
+async fn replicas_agree_on_one_self_issued_certificate_and_keep_the_ca_bundle() {
+    let dir = TempDir::new("bootstrap");
+    let mut state = ApiState::default();
+    state
+        .webhook_configs
+        .insert("tm-webhook".into(), webhook_config());
+    let api = fake_api(&dir.0, state).await;
+
+    // Two replicas starting at once race to create the Secret: one wins, the other serves the
+    // winner's pair.
+    let (a, b) = tokio::join!(
+        launch_bootstrapped(&api.kubeconfig),
+        launch_bootstrapped(&api.kubeconfig)
+    );
+    let ca = secret_field(&api.state, "ca.crt").expect("the Secret was written");
+    let creates = api.state.lock().unwrap().creates.clone();
+    assert_eq!(
+        creates
+            .iter()
+            .filter(|c| **c == StatusCode::CREATED)
+            .count(),
+        1,
+        "{creates:?}"
+    );
+    for replica in [&a, &b] {
+        for name in ["tm-webhook.mesh.svc", "tm-webhook.mesh.svc.cluster.local"] {
+            handshake_as(replica.addr, &ca, &[], name)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{name} against the Secret's CA: {e}\n{}", replica.logs())
+                });
+        }
+    }
+    // Our entry of the configuration trusts that CA; someone else's is left alone.
+    let lines = a.lines.clone();
+    eventually(DEADLINE, "caBundle to be set", || {
+        let set = ca_bundle(&api.state, 1).as_deref() == Some(ca.as_str());
+        async move { set.then_some(()) }
+    })
+    .await;
+    assert_eq!(ca_bundle(&api.state, 0), None);
+
+    // The configuration re-applied without caBundle: repaired within a resync.
+    {
+        let mut st = api.state.lock().unwrap();
+        st.webhook_configs
+            .insert("tm-webhook".into(), webhook_config());
+    }
+    eventually(DEADLINE, "caBundle to be repaired", || {
+        let set = ca_bundle(&api.state, 1).as_deref() == Some(ca.as_str());
+        async move { set.then_some(()) }
+    })
+    .await;
+
+    // An operator replaces the Secret with a pair of their own: both replicas serve it without
+    // a restart, and the configuration follows.
+    let theirs = Ca::new("operator CA");
+    let (cert, key) = {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["tm-webhook.mesh.svc".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &theirs.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    {
+        let mut st = api.state.lock().unwrap();
+        let secret = st.secrets.get_mut("tm-tls").unwrap();
+        let b64 =
+            |s: &str| serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap();
+        secret["data"] =
+            json!({"ca.crt": b64(&theirs.pem), "tls.crt": b64(&cert), "tls.key": b64(&key)});
+        secret["metadata"]["annotations"]["tracemesh.io/not-after"] = json!("4102444800");
+    }
+    for replica in [&a, &b] {
+        let (addr, pem) = (replica.addr, theirs.pem.clone());
+        eventually(DEADLINE, "the operator's certificate to be served", || {
+            let pem = pem.clone();
+            async move {
+                handshake_as(addr, &pem, &[], "tm-webhook.mesh.svc")
+                    .await
+                    .ok()
+                    .map(drop)
+            }
+        })
+        .await;
+    }
+    eventually(DEADLINE, "caBundle to follow the Secret", || {
+        let set = ca_bundle(&api.state, 1).as_deref() == Some(theirs.pem.as_str());
+        async move { set.then_some(()) }
+    })
+    .await;
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("serving the Secret's new certificate")));
+
+    // A restart with a usable Secret writes nothing.
+    drop(a);
+    let creates_before = api.state.lock().unwrap().creates.len();
+    let c = launch_bootstrapped(&api.kubeconfig).await;
+    handshake_as(c.addr, &theirs.pem, &[], "tm-webhook.mesh.svc")
+        .await
+        .unwrap();
+    assert_eq!(api.state.lock().unwrap().creates.len(), creates_before);
 }

@@ -20,6 +20,8 @@
 //!
 //! The serving certificate is re-read from its files every `--tls-reload-interval`
 //! ([`crate::tls::CertStore`]); cert-manager or a replaced Secret rotate it without a restart.
+//! With `--tls-secret` instead, the webhook keeps its own CA and certificate in a Secret and the
+//! CA in the configuration's `caBundle` ([`bootstrap`]), for installs without either.
 
 use std::{
     collections::BTreeMap,
@@ -76,11 +78,34 @@ pub struct WebhookArgs {
     #[arg(long, env = "TRACEMESH_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
     /// PEM certificate chain of the serving certificate.
-    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_CERT")]
-    pub tls_cert: PathBuf,
+    #[arg(
+        long,
+        env = "TRACEMESH_WEBHOOK_TLS_CERT",
+        required_unless_present = "tls_secret",
+        conflicts_with = "tls_secret",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key of the serving certificate.
-    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_KEY")]
-    pub tls_key: PathBuf,
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Instead of certificate files: keep a CA and serving certificate in this
+    /// `kubernetes.io/tls` Secret of the webhook's namespace, generating them when missing,
+    /// and set the webhook configuration's caBundle to the CA (plain manifests installs).
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_SECRET", requires_all = ["webhook_config", "service", "namespace"])]
+    pub tls_secret: Option<String>,
+    /// With --tls-secret: the MutatingWebhookConfiguration whose caBundle is kept.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_CONFIG")]
+    pub webhook_config: Option<String>,
+    /// With --tls-secret: the webhook's Service (the certificate's DNS names).
+    #[arg(long, env = "TRACEMESH_WEBHOOK_SERVICE")]
+    pub service: Option<String>,
+    /// With --tls-secret: the webhook's own namespace (the downward API's metadata.namespace).
+    #[arg(long, env = "TRACEMESH_POD_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// With --tls-secret: how often the Secret and the caBundle are checked.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_SECRET_RESYNC", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub tls_secret_resync: Duration,
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
@@ -689,15 +714,53 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Resu
     use anyhow::Context as _;
     // kube's client takes rustls' process-wide provider; make it ours (ring) before it looks.
     let _ = tls::provider().as_ref().clone().install_default();
-    let certs = tls::CertStore::load(&args.tls_cert, &args.tls_key)?;
-    let namespaces = if args.namespace_lookup {
-        let client = kube::Client::try_default().await.context(
-            "no Kubernetes API config (in-cluster or KUBECONFIG) for namespace lookups; \
-             run with --namespace-lookup=false to let the namespaceSelector decide alone",
-        )?;
-        Namespaces::Kube(client)
+    let files = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+    let file_certs = match files {
+        Some((cert, key)) => Some(tls::CertStore::load(cert, key)?),
+        None => None,
+    };
+    let client = if args.namespace_lookup || args.tls_secret.is_some() {
+        Some(kube::Client::try_default().await.context(
+            "no Kubernetes API config (in-cluster or KUBECONFIG), needed for namespace lookups \
+             and --tls-secret; run with --namespace-lookup=false and certificate files to go \
+             without",
+        )?)
     } else {
-        Namespaces::Selector
+        None
+    };
+    let namespaces = match (&client, args.namespace_lookup) {
+        (Some(client), true) => Namespaces::Kube(client.clone()),
+        _ => Namespaces::Selector,
+    };
+    let certs = match (file_certs, &args.tls_secret, &client) {
+        (Some(store), _, _) => {
+            tokio::spawn(
+                store
+                    .clone()
+                    .watch(args.tls_reload_interval, shutdown.clone()),
+            );
+            store
+        }
+        (None, Some(secret), Some(client)) => {
+            let boot = Arc::new(bootstrap::Bootstrap {
+                namespace: args.namespace.clone().unwrap_or_default(),
+                secret: secret.clone(),
+                service: args.service.clone().unwrap_or_default(),
+                webhook_config: args.webhook_config.clone().unwrap_or_default(),
+            });
+            let pair = ensure_secret_with_retries(&boot, client, &shutdown).await?;
+            let store =
+                tls::CertStore::from_pem(secret, pair.cert.as_bytes(), pair.key.as_bytes())?;
+            tokio::spawn(boot.reconcile(
+                client.clone(),
+                store.clone(),
+                pair.ca,
+                args.tls_secret_resync,
+                shutdown.clone(),
+            ));
+            store
+        }
+        _ => unreachable!("clap requires certificate files or --tls-secret"),
     };
     let listener = TcpListener::bind(args.listen)
         .await
@@ -713,14 +776,33 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Resu
         args.on_error,
         namespaces,
     ));
-    tokio::spawn(
-        certs
-            .clone()
-            .watch(args.tls_reload_interval, shutdown.clone()),
-    );
     serve(listener, certs, webhook, shutdown, Duration::from_secs(10)).await;
     Ok(())
 }
 
+/// The API server may not answer yet when the pod starts (or RBAC is still being applied):
+/// retry for a minute before giving up, so a slow start is not a crash loop.
+async fn ensure_secret_with_retries(
+    boot: &bootstrap::Bootstrap,
+    client: &kube::Client,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bootstrap::Pair> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match boot.ensure_secret(client).await {
+            Ok(pair) => return Ok(pair),
+            Err(e) if Instant::now() < deadline && !shutdown.is_cancelled() => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "certificate Secret not ready; retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub mod bootstrap;
 #[cfg(test)]
 mod tests;
