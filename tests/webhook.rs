@@ -309,8 +309,20 @@ async fn handshake_as(
 }
 
 async fn send(addr: SocketAddr, ca_pem: &str, h2: bool, req: Request<Full<Bytes>>) -> Reply {
+    send_to(addr, ca_pem, "localhost", h2, req).await
+}
+
+async fn send_to(
+    addr: SocketAddr,
+    ca_pem: &str,
+    name: &str,
+    h2: bool,
+    req: Request<Full<Bytes>>,
+) -> Reply {
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
-    let tls = handshake(addr, ca_pem, alpn).await.expect("TLS handshake");
+    let tls = handshake_as(addr, ca_pem, alpn, name)
+        .await
+        .expect("TLS handshake");
     let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     let io = TokioIo::new(tls);
     let rsp = if h2 {
@@ -789,34 +801,65 @@ async fn the_rendered_charts_configuration_drives_the_webhook() {
         "{chart_env:?}"
     );
     let config = find("ConfigMap")["data"].as_object().unwrap().clone();
-
-    let dir = TempDir::new("chart");
-    let ca = Ca::new("test webhook CA");
-    let (cert, key) = ca.serving();
-    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
-    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
-    // The chart's own flags, with its certificate paths swapped for ours (parsed, not ignored:
-    // an argument the binary does not know fails the start).
-    let mut args: Vec<String> = chart_args[1..]
+    let namespace = find("Deployment")["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let webhook_config = find("MutatingWebhookConfiguration").clone();
+    let config_name = webhook_config["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let service = find("Service")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = chart_args
         .iter()
-        .filter(|a| !a.starts_with("--tls-cert=") && !a.starts_with("--tls-key="))
-        .map(|a| (*a).to_owned())
-        .collect();
+        .find_map(|a| a.strip_prefix("--tls-secret="))
+        .expect("the plain manifests let the webhook issue its certificate")
+        .to_owned();
+
+    // The chart's own flags, verbatim (an argument the binary does not know fails the start),
+    // against an API that holds the manifests' MutatingWebhookConfiguration.
+    let dir = TempDir::new("chart");
+    let mut state = ApiState::default();
+    state
+        .webhook_configs
+        .insert(config_name.clone(), webhook_config);
+    let api = fake_api(&dir.0, state).await;
+    let mut args: Vec<String> = chart_args[1..].iter().map(|a| (*a).to_owned()).collect();
     args.push("--namespace-lookup=false".to_owned());
-    let values: Vec<(String, std::ffi::OsString)> = config
+    let mut values: Vec<(String, std::ffi::OsString)> = config
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().into()))
         .collect();
+    // What the Deployment's downward-API variable holds in the cluster.
+    values.push(("TRACEMESH_POD_NAMESPACE".into(), namespace.clone().into()));
+    values.push(("KUBECONFIG".into(), api.kubeconfig.clone().into()));
     let env: Vec<(&str, &std::ffi::OsStr)> = values
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_os_str()))
         .collect();
-    let webhook = start_with(&dir.0, &args, &env).await;
+    let webhook = launch(&args, &env).await;
 
+    let ca = named_secret_field(&api.state, &secret, "ca.crt").expect("the Secret was written");
+    eventually(
+        DEADLINE,
+        "caBundle on the manifests' webhook configuration",
+        || {
+            let set = named_ca_bundle(&api.state, &config_name, 0).as_deref() == Some(ca.as_str());
+            async move { set.then_some(()) }
+        },
+    )
+    .await;
+    // The name the API server dials, from the configuration's clientConfig.service.
+    let dialled = format!("{service}.{namespace}.svc");
     let review = review_in("shop");
-    let reply = send(
+    let reply = send_to(
         webhook.addr,
-        &ca.pem,
+        &ca,
+        &dialled,
         false,
         post("/mutate", review.to_string()),
     )
@@ -915,9 +958,13 @@ fn handle_api(
     let mut st = state.lock().unwrap();
     st.version += 1;
     let version = st.version.to_string();
-    let secret_prefix = "/api/v1/namespaces/mesh/secrets";
     let config_prefix = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/";
-    if let Some(rest) = path.strip_prefix(secret_prefix) {
+    // /api/v1/namespaces/{namespace}/secrets[/{name}]: one namespace per test.
+    let secrets_path = path
+        .strip_prefix("/api/v1/namespaces/")
+        .and_then(|rest| rest.split_once("/secrets"))
+        .map(|(_, rest)| rest);
+    if let Some(rest) = secrets_path {
         let name = rest.trim_start_matches('/').to_owned();
         match (method.as_str(), name.is_empty()) {
             ("GET", false) => match st.secrets.get(&name) {
@@ -1068,14 +1115,22 @@ fn decode_base64(s: &str) -> Vec<u8> {
 }
 
 fn secret_field(state: &Mutex<ApiState>, key: &str) -> Option<String> {
+    named_secret_field(state, "tm-tls", key)
+}
+
+fn named_secret_field(state: &Mutex<ApiState>, secret: &str, key: &str) -> Option<String> {
     let st = state.lock().unwrap();
-    let encoded = st.secrets.get("tm-tls")?["data"][key].as_str()?.to_owned();
+    let encoded = st.secrets.get(secret)?["data"][key].as_str()?.to_owned();
     Some(String::from_utf8(decode_base64(&encoded)).unwrap())
 }
 
 fn ca_bundle(state: &Mutex<ApiState>, index: usize) -> Option<String> {
+    named_ca_bundle(state, "tm-webhook", index)
+}
+
+fn named_ca_bundle(state: &Mutex<ApiState>, config: &str, index: usize) -> Option<String> {
     let st = state.lock().unwrap();
-    let encoded = st.webhook_configs["tm-webhook"]["webhooks"][index]["clientConfig"]["caBundle"]
+    let encoded = st.webhook_configs[config]["webhooks"][index]["clientConfig"]["caBundle"]
         .as_str()?
         .to_owned();
     Some(String::from_utf8(decode_base64(&encoded)).unwrap())

@@ -153,6 +153,61 @@ def private_keys(text: str, docs) -> list[str]:
     return found
 
 
+def check_self_issued(test: unittest.TestCase, docs, name: str, secret: str, namespace: str) -> None:
+    """webhook.issueOwnCertificate: nothing certificate-related is rendered (no Secret, no
+    caBundle, no cert-manager), the webhook is told which Secret, configuration and Service are
+    its own (the names the chart gives them), mounts nothing, and RBAC allows exactly the writes
+    it makes: create/get/update that Secret, get/patch that configuration."""
+    kinds = [(d["apiVersion"], d["kind"]) for _, _, d in docs]
+    test.assertNotIn(("v1", "Secret"), kinds)
+    test.assertFalse([k for k in kinds if k[0].startswith("cert-manager.io/")])
+
+    mwc = by_kind(docs, "MutatingWebhookConfiguration")
+    test.assertEqual(mwc["metadata"]["name"], name)
+    test.assertNotIn("annotations", mwc["metadata"])
+    for wh in mwc["webhooks"]:
+        test.assertNotIn("caBundle", wh["clientConfig"])
+    svc = by_kind(docs, "Service")
+    test.assertEqual(svc["metadata"]["name"], name)
+    test.assertEqual(
+        [wh["clientConfig"]["service"] for wh in mwc["webhooks"]],
+        [{"name": name, "namespace": namespace, "path": "/mutate", "port": 443}],
+    )
+
+    pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    test.assertEqual(
+        c["args"],
+        ["webhook", f"--tls-secret={secret}", f"--webhook-config={name}", f"--service={name}"],
+    )
+    # The Secret's namespace: the webhook's own, from the downward API.
+    (ns_env,) = [e for e in c["env"] if e["name"] == "TRACEMESH_POD_NAMESPACE"]
+    test.assertEqual(ns_env["valueFrom"], {"fieldRef": {"fieldPath": "metadata.namespace"}})
+    test.assertNotIn("volumes", pod)
+    test.assertNotIn("volumeMounts", c)
+    test.assertTrue(pod["automountServiceAccountToken"])
+
+    sa = pod["serviceAccountName"]
+    subject = [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]
+    role = by_kind(docs, "Role")
+    test.assertEqual(role["metadata"]["namespace"], namespace)
+    test.assertEqual(role["rules"], [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "update"]},
+    ])
+    binding = by_kind(docs, "RoleBinding")
+    test.assertEqual(binding["metadata"]["namespace"], namespace)
+    test.assertEqual(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]})
+    test.assertEqual(binding["subjects"], subject)
+    cluster_role = by_kind(docs, "ClusterRole")
+    test.assertEqual(cluster_role["rules"], [
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+         "resourceNames": [name], "verbs": ["get", "patch"]},
+    ])
+    test.assertEqual(by_kind(docs, "ClusterRoleBinding")["subjects"], subject)
+
+
 class Validator(unittest.TestCase):
     """The schema check is not vacuous: an unknown field and a wrong type are caught."""
 
@@ -179,6 +234,9 @@ class Lint(unittest.TestCase):
 
     def test_every_option_on(self):
         self.assert_clean(chartlib.lint(ALL_ON))
+
+    def test_issue_own_certificate(self):
+        self.assert_clean(chartlib.lint(chartlib.MANIFEST_VALUES))
 
 
 class Defaults(unittest.TestCase):
@@ -271,6 +329,7 @@ class Defaults(unittest.TestCase):
             role["rules"],
             [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]}],
         )
+        self.assertFalse({"Role", "RoleBinding"} & {d["kind"] for _, _, d in self.docs})
         pod = by_kind(self.docs, "Deployment")["spec"]["template"]["spec"]
         self.assertTrue(pod["automountServiceAccountToken"])
 
@@ -313,6 +372,14 @@ class EveryOptionOn(unittest.TestCase):
         self.assertEqual(kinds.count(("cert-manager.io/v1", "Certificate")), 2)
         serving = by_kind(self.docs, "Certificate", "tracemesh-webhook")
         self.assertEqual(serving["spec"]["secretName"], "tracemesh-webhook-tls")
+        # The webhook serves the Secret cert-manager writes, mounted as files.
+        pod = by_kind(self.docs, "Deployment")["spec"]["template"]["spec"]
+        (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+        self.assertEqual(tls["secret"]["secretName"], serving["spec"]["secretName"])
+        (c,) = pod["containers"]
+        self.assertIn("--tls-cert=/etc/tracemesh/tls/tls.crt", c["args"])
+        self.assertFalse([a for a in c["args"] if a.startswith("--tls-secret")])
+        self.assertFalse({"Role", "RoleBinding"} & {k for _, k in kinds})
         self.assertIn("tracemesh-webhook.tracemesh.svc", serving["spec"]["dnsNames"])
         self.assertEqual(serving["spec"]["issuerRef"]["name"], "tracemesh-ca")
         ca = by_kind(self.docs, "Certificate", "tracemesh-ca")
@@ -376,6 +443,40 @@ class EveryOptionOn(unittest.TestCase):
         self.assertEqual(dashboard["uid"], "tracemesh-red")
 
 
+class IssueOwnCertificate(unittest.TestCase):
+    """webhook.issueOwnCertificate, under another name than the release's: the flags and RBAC
+    follow the chart's names."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.values = {"fullnameOverride": "tm", "webhook": {"issueOwnCertificate": True}}
+        cls.rendered = chartlib.render(cls.values)
+        cls.docs = chartlib.documents(cls.rendered)
+
+    def test_validates_against_kubernetes_schema(self):
+        validate_all(self, self.docs)
+
+    def test_the_webhook_issues_its_certificate(self):
+        check_self_issued(self, self.docs, name="tm-webhook", secret="tm-webhook-tls", namespace="tracemesh")
+
+    def test_notes_say_pods_are_uninjected_until_the_ca_bundle_is_set(self):
+        notes = self.rendered["tracemesh/templates/NOTES.txt"]
+        self.assertIn("Secret tm-webhook-tls", notes)
+        self.assertIn("admitted without the sidecar", notes)
+
+    def test_without_rbac_no_roles(self):
+        docs = chartlib.documents(chartlib.render({**self.values, "rbac": {"create": False}}))
+        self.assertFalse({"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & {d["kind"] for _, _, d in docs})
+        self.assertIn("--tls-secret=tm-webhook-tls", by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    def test_cert_manager_too_fails_the_render(self):
+        values = {"webhook": {"issueOwnCertificate": True, "certManager": {"enabled": True}}}
+        with self.assertRaisesRegex(
+            Exception, "webhook.certManager.enabled and webhook.issueOwnCertificate are mutually exclusive"
+        ):
+            chartlib.render(values)
+
+
 class Files(unittest.TestCase):
     def test_dashboard_copy_matches_example(self):
         self.assertEqual(
@@ -394,7 +495,7 @@ class Files(unittest.TestCase):
 
 class Manifests(unittest.TestCase):
     """manifests/tracemesh.yaml: exactly the chart rendered with chartlib.MANIFEST_VALUES, valid,
-    and free of key material: cert-manager issues the certificate in the cluster."""
+    and free of key material: the webhook issues its own certificate in the cluster."""
 
     @classmethod
     def setUpClass(cls):
@@ -413,8 +514,8 @@ class Manifests(unittest.TestCase):
         self.assertEqual(self.docs[0][2]["kind"], "Namespace")
 
     def test_key_detector_finds_the_charts_generated_key(self):
-        # The chart's own default (no cert-manager) carries a base64 key in a Secret: the check
-        # below would see one if it were there.
+        # The chart's own default (a chart-generated certificate) carries a base64 key in a
+        # Secret: the check below would see one if it were there.
         rendered = chartlib.manifest_text(chartlib.render())
         docs = [("default", "", d) for d in yaml.safe_load_all(rendered) if d]
         self.assertEqual(private_keys(rendered, docs), ["default: Secret tracemesh-webhook-tls.data.tls.key"])
@@ -429,29 +530,20 @@ class Manifests(unittest.TestCase):
         self.assertEqual(tls_secrets, [])
         self.assertNotIn("Secret", {d["kind"] for _, _, d in self.docs})
 
-    def test_cert_manager_issues_the_mounted_certificate(self):
-        kinds = [(d["apiVersion"], d["kind"]) for _, _, d in self.docs]
-        self.assertEqual(kinds.count(("cert-manager.io/v1", "Issuer")), 2)
-        self.assertEqual(kinds.count(("cert-manager.io/v1", "Certificate")), 2)
-        serving = by_kind(self.docs, "Certificate", "tracemesh-webhook")
-        pod = by_kind(self.docs, "Deployment")["spec"]["template"]["spec"]
-        (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
-        self.assertEqual(serving["spec"]["secretName"], tls["secret"]["secretName"])
-        mwc = by_kind(self.docs, "MutatingWebhookConfiguration")
-        self.assertEqual(
-            mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
-            f"{serving['metadata']['namespace']}/{serving['metadata']['name']}",
+    def test_the_webhook_issues_its_certificate(self):
+        check_self_issued(
+            self, self.docs, name="tracemesh-webhook", secret="tracemesh-webhook-tls", namespace="tracemesh"
         )
-        self.assertNotIn("caBundle", mwc["webhooks"][0]["clientConfig"])
 
-    def test_readme_and_header_install_cert_manager_first(self):
-        self.assertIn(chartlib.CERT_MANAGER_INSTALL, self.text)
+    def test_readme_and_header_need_no_cert_manager(self):
+        # A plain apply is the whole install: neither tells you to install cert-manager first.
         readme = (chartlib.ROOT / "README.md").read_text()
-        self.assertIn(chartlib.CERT_MANAGER_INSTALL, readme)
-        self.assertLess(
-            readme.index(chartlib.CERT_MANAGER_INSTALL),
-            readme.index("kubectl apply -f manifests/tracemesh.yaml"),
-        )
+        for name, text in (("manifests/tracemesh.yaml", self.text), ("README.md", readme)):
+            with self.subTest(file=name):
+                self.assertIn("kubectl apply -f manifests/tracemesh.yaml", text)
+                self.assertNotIn("cert-manager/releases", text)
+                self.assertIn("webhook.certManager.enabled=true", text)
+        self.assertIn("webhook.issueOwnCertificate=true", self.text)
 
 
 EXAMPLES = chartlib.ROOT / "examples" / "kubernetes"

@@ -61,3 +61,21 @@ app.kubernetes.io/component: webhook
 {{- $ns := .Release.Namespace }}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson }}
 {{- end }}
+
+{{/*
+Where the webhook's serving certificate comes from: "chart" (generated at install time, the
+default), "certManager" (webhook.certManager.enabled) or "webhook" (webhook.issueOwnCertificate:
+the webhook writes its own into the Secret and sets caBundle). Every template that depends on it
+asks here, so the two options are checked for conflict in one place.
+*/}}
+{{- define "tracemesh.certSource" -}}
+{{- if and .Values.webhook.certManager.enabled .Values.webhook.issueOwnCertificate }}
+{{- fail "webhook.certManager.enabled and webhook.issueOwnCertificate are mutually exclusive: set at most one (neither: the chart generates the certificate at install time)" }}
+{{- else if .Values.webhook.certManager.enabled }}
+{{- print "certManager" }}
+{{- else if .Values.webhook.issueOwnCertificate }}
+{{- print "webhook" }}
+{{- else }}
+{{- print "chart" }}
+{{- end }}
+{{- end }}
