@@ -906,19 +906,56 @@ async fn the_rendered_charts_configuration_drives_the_webhook() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_the_webhook_cleanly() {
+async fn sigterm_drains_then_stops_the_webhook_cleanly() {
     let dir = TempDir::new("sigterm");
     let ca = Ca::new("ca");
     let (cert, key) = ca.serving();
     std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
     std::fs::write(dir.0.join("tls.key"), &key).unwrap();
-    let mut webhook = start(&dir.0, None, &[]).await;
+    let mut webhook = start(&dir.0, None, &["--drain-delay=1s"]).await;
+    let get = |path: &str| {
+        Request::get(format!("https://localhost{path}"))
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        send(webhook.addr, &ca.pem, false, get("/ready"))
+            .await
+            .status,
+        StatusCode::OK
+    );
     // An idle keep-alive connection must not hold the exit up.
     let _idle = handshake(webhook.addr, &ca.pem, &[b"http/1.1"])
         .await
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(i32::try_from(webhook.child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+
+    // Draining: not ready, so the endpoint goes, but reviews still get answers meanwhile.
+    let addr = webhook.addr;
+    let pem = ca.pem.clone();
+    eventually(DEADLINE, "/ready to answer 503", || {
+        let pem = pem.clone();
+        async move {
+            let reply = send(addr, &pem, false, get("/ready")).await;
+            (reply.status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        }
+    })
+    .await;
+    let review = review_in("shop");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        true,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    assert!(
+        patched(&review, &reply).1.is_some(),
+        "answered while draining"
+    );
+
     let status = eventually(DEADLINE, "the webhook to exit", || {
         let status = webhook.child.try_wait().unwrap();
         async move { status }
@@ -926,6 +963,52 @@ async fn sigterm_stops_the_webhook_cleanly() {
     .await;
     assert!(status.success(), "{status}\n{}", webhook.logs());
     assert!(tokio::net::TcpStream::connect(webhook.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn connections_that_say_nothing_do_not_hold_slots_or_memory() {
+    let dir = TempDir::new("idle");
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
+    let webhook = start(&dir.0, None, &[]).await;
+    // A TLS client that stops after the handshake, over HTTP/1.1: closed by the header-read
+    // timeout (10 s) rather than kept forever. A TCP client that never starts TLS: dropped
+    // after the 5 s handshake timeout. Both watched at once.
+    let mut idle = handshake(webhook.addr, &ca.pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(webhook.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let closed = |read: Result<std::io::Result<usize>, _>, what: &str| match read {
+        Ok(Ok(0) | Err(_)) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+    let (tls_read, raw_read) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read(&mut idle, &mut a)
+        ),
+        async {
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::io::AsyncReadExt::read(&mut raw, &mut b),
+            )
+            .await;
+            (r, started.elapsed())
+        }
+    );
+    let (raw_read, raw_after) = raw_read;
+    closed(raw_read, "silent TCP connection");
+    assert!(raw_after >= Duration::from_secs(4), "{raw_after:?}");
+    closed(tls_read, "idle TLS connection");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 // === --tls-secret: the webhook's own certificate ===
@@ -939,6 +1022,8 @@ struct ApiState {
     webhook_configs: HashMap<String, Value>,
     version: u64,
     creates: Vec<StatusCode>,
+    /// Every write to a Secret (create, replace), answered or refused.
+    secret_writes: usize,
 }
 
 fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value) {
@@ -991,9 +1076,11 @@ fn handle_api(
                     }
                 };
                 st.creates.push(answer.0);
+                st.secret_writes += 1;
                 answer
             }
             ("PUT", false) => {
+                st.secret_writes += 1;
                 let mut obj: Value = serde_json::from_slice(body).unwrap();
                 let current = st
                     .secrets
@@ -1056,14 +1143,28 @@ struct FakeApi {
 }
 
 async fn fake_api(dir: &Path, state: ApiState) -> FakeApi {
+    fake_api_with(dir, state, 0).await
+}
+
+/// With `hold_first_reads > 0`, the first that many Secret GETs are answered together, so
+/// that many replicas all see "no Secret" and race to create it.
+async fn fake_api_with(dir: &Path, state: ApiState, hold_first_reads: usize) -> FakeApi {
     let state = Arc::new(Mutex::new(state));
     let listener = serve::bind_loopback().await;
     let addr = listener.local_addr().unwrap();
     let shared = state.clone();
+    let barrier = Arc::new(tokio::sync::Barrier::new(hold_first_reads.max(1)));
+    let held = Arc::new(AtomicUsize::new(0));
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let state = shared.clone();
+        let (barrier, held) = (barrier.clone(), held.clone());
         async move {
             let (parts, body) = req.into_parts();
+            let secret_read =
+                parts.method == http::Method::GET && parts.uri.path().contains("/secrets/");
+            if secret_read && held.fetch_add(1, Ordering::SeqCst) < hold_first_reads {
+                barrier.wait().await;
+            }
             let body = body.collect().await.unwrap().to_bytes();
             let (code, value) = handle_api(&state, &parts.method, parts.uri.path(), &body);
             Ok::<_, std::convert::Infallible>(
@@ -1158,24 +1259,17 @@ async fn replicas_agree_on_one_self_issued_certificate_and_keep_the_ca_bundle() 
     state
         .webhook_configs
         .insert("tm-webhook".into(), webhook_config());
-    let api = fake_api(&dir.0, state).await;
+    let api = fake_api_with(&dir.0, state, 2).await;
 
-    // Two replicas starting at once race to create the Secret: one wins, the other serves the
-    // winner's pair.
+    // Two replicas both read "no Secret" (the API holds both reads until both arrived) and race
+    // to create it: one create wins, the other gets 409 and serves the winner's pair.
     let (a, b) = tokio::join!(
         launch_bootstrapped(&api.kubeconfig),
         launch_bootstrapped(&api.kubeconfig)
     );
     let ca = secret_field(&api.state, "ca.crt").expect("the Secret was written");
     let creates = api.state.lock().unwrap().creates.clone();
-    assert_eq!(
-        creates
-            .iter()
-            .filter(|c| **c == StatusCode::CREATED)
-            .count(),
-        1,
-        "{creates:?}"
-    );
+    assert_eq!(creates, [StatusCode::CREATED, StatusCode::CONFLICT]);
     for replica in [&a, &b] {
         for name in ["tm-webhook.mesh.svc", "tm-webhook.mesh.svc.cluster.local"] {
             handshake_as(replica.addr, &ca, &[], name)
@@ -1193,6 +1287,35 @@ async fn replicas_agree_on_one_self_issued_certificate_and_keep_the_ca_bundle() 
     })
     .await;
     assert_eq!(ca_bundle(&api.state, 0), None);
+    for replica in [&a, &b] {
+        let ready = Request::get("https://localhost/ready")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let addr = replica.addr;
+        let reply = send_to(addr, &ca, "tm-webhook.mesh.svc", false, ready).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "ready once the bundle trusts it"
+        );
+    }
+
+    // The Secret deleted: written back with the pair in use, so nothing else changes.
+    let before = api.state.lock().unwrap().secrets.remove("tm-tls").unwrap();
+    eventually(DEADLINE, "the Secret to be written back", || {
+        let back = secret_field(&api.state, "tls.crt");
+        async move { back }
+    })
+    .await;
+    assert_eq!(
+        secret_field(&api.state, "ca.crt").as_deref(),
+        Some(ca.as_str())
+    );
+    assert_eq!(
+        api.state.lock().unwrap().secrets["tm-tls"]["data"],
+        before["data"]
+    );
 
     // The configuration re-applied without caBundle: repaired within a resync.
     {
@@ -1224,7 +1347,9 @@ async fn replicas_agree_on_one_self_issued_certificate_and_keep_the_ca_bundle() 
             |s: &str| serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).unwrap();
         secret["data"] =
             json!({"ca.crt": b64(&theirs.pem), "tls.crt": b64(&cert), "tls.key": b64(&key)});
-        secret["metadata"]["annotations"]["tracemesh.io/not-after"] = json!("4102444800");
+        // As `kubectl create secret tls` would leave it: none of the webhook's metadata.
+        secret["metadata"]["annotations"] = json!({});
+        secret["metadata"]["labels"] = json!({});
     }
     for replica in [&a, &b] {
         let (addr, pem) = (replica.addr, theirs.pem.clone());
@@ -1252,10 +1377,37 @@ async fn replicas_agree_on_one_self_issued_certificate_and_keep_the_ca_bundle() 
 
     // A restart with a usable Secret writes nothing.
     drop(a);
-    let creates_before = api.state.lock().unwrap().creates.len();
+    let writes_before = api.state.lock().unwrap().secret_writes;
     let c = launch_bootstrapped(&api.kubeconfig).await;
     handshake_as(c.addr, &theirs.pem, &[], "tm-webhook.mesh.svc")
         .await
         .unwrap();
-    assert_eq!(api.state.lock().unwrap().creates.len(), creates_before);
+    assert_eq!(api.state.lock().unwrap().secret_writes, writes_before);
+
+    // An unusable Secret the webhook did not write is never overwritten: a clear error instead.
+    drop(c);
+    {
+        let mut st = api.state.lock().unwrap();
+        st.secrets.get_mut("tm-tls").unwrap()["data"]["tls.key"] = json!("");
+    }
+    let writes_before = api.state.lock().unwrap().secret_writes;
+    let args: Vec<&str> = vec![
+        "--listen=127.0.0.1:0",
+        "--tls-secret=tm-tls",
+        "--webhook-config=tm-webhook",
+        "--service=tm-webhook",
+        "--namespace=mesh",
+        "--namespace-lookup=false",
+    ];
+    let (mut child, lines) = spawn(&args, &[("KUBECONFIG", api.kubeconfig.as_os_str())]);
+    eventually(Duration::from_secs(20), "the refusal to be logged", || {
+        let seen = lines.lock().unwrap().iter().any(|l| {
+            l.contains("was not written by the webhook") && l.contains("fix it or delete it")
+        });
+        async move { seen.then_some(()) }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(api.state.lock().unwrap().secret_writes, writes_before);
 }

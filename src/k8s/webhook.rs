@@ -27,7 +27,10 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -58,7 +61,14 @@ use crate::{config::SampleRatio, context::Propagators, k8s::init::DEFAULT_PROXY_
 pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 /// Each namespace lookup is bounded, well inside the webhook's own `timeoutSeconds`.
 const NAMESPACE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole request, body included, must arrive and be answered within this (the API server
+/// gives up after the webhook's timeoutSeconds, at most 30 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Streams per HTTP/2 connection: the API server sends a few at a time.
+const H2_MAX_STREAMS: u32 = 8;
+/// Reviews decoded at once, over all connections: each may hold up to [`MAX_REVIEW_BYTES`].
+const MAX_IN_FLIGHT_REVIEWS: usize = 32;
 /// Open connections at most. The API server keeps a few; the rest of the pod network can reach
 /// the port too, and each connection holds a task and TLS state.
 const MAX_CONNECTIONS: usize = 512;
@@ -104,11 +114,15 @@ pub struct WebhookArgs {
     #[arg(long, env = "TRACEMESH_POD_NAMESPACE")]
     pub namespace: Option<String>,
     /// With --tls-secret: how often the Secret and the caBundle are checked.
-    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_SECRET_RESYNC", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_SECRET_RESYNC", default_value = "60s", value_parser = parse_interval)]
     pub tls_secret_resync: Duration,
     /// How often the certificate files are checked for changes.
-    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACEMESH_WEBHOOK_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
     pub tls_reload_interval: Duration,
+    /// After SIGTERM: how long to report not ready but keep answering, while the API server
+    /// still has this replica's endpoint. Then the listener closes.
+    #[arg(long, env = "TRACEMESH_WEBHOOK_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
     /// What to answer for a pod that cannot be injected.
     #[arg(
         long,
@@ -183,6 +197,15 @@ pub struct Ports(pub Vec<u16>);
 /// Parsed `ResourceRequirements` (a newtype for clap, as [`Ports`]).
 #[derive(Debug, Clone)]
 pub struct ResourcesArg(pub k8s_openapi::api::core::v1::ResourceRequirements);
+
+/// A period for a repeating check: at least 100 ms (zero would spin or panic).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is shorter than 100ms"));
+    }
+    Ok(d)
+}
 
 fn parse_ports(s: &str) -> Result<Ports, String> {
     s.split(',')
@@ -459,6 +482,11 @@ pub struct Webhook {
     config: InjectConfig,
     on_error: OnError,
     namespaces: Namespaces,
+    in_flight: tokio::sync::Semaphore,
+    /// Set once SIGTERM arrived: `/ready` answers 503 so the endpoint is removed.
+    draining: AtomicBool,
+    /// With `--tls-secret`: whether the webhook configuration trusts the CA we serve from.
+    trusted: AtomicBool,
 }
 
 /// A request that is not a usable `AdmissionReview` v1; answered with HTTP 400.
@@ -480,7 +508,15 @@ impl Webhook {
             config,
             on_error,
             namespaces,
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT_REVIEWS),
+            draining: AtomicBool::new(false),
+            trusted: AtomicBool::new(true),
         }
+    }
+
+    /// Ready to be sent reviews: not draining, and trusted by the webhook configuration.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.trusted.load(Ordering::Relaxed)
     }
 
     /// Answers one review body.
@@ -593,9 +629,16 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ready" | "/live") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/live") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/ready") if webhook.is_ready() => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         (&Method::POST, "/mutate") => {
             let started = Instant::now();
+            let _permit = webhook
+                .in_flight
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
             let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
                 .collect()
                 .await
@@ -630,21 +673,57 @@ where
     }
 }
 
-/// Serves `webhook` over TLS on `listener` until `shutdown`, then lets requests in flight
-/// finish (at most `grace`).
+/// Serves `webhook` over TLS on `listener` until `shutdown`. Then it reports not ready and
+/// keeps answering for `drain` (the API server keeps dialling a terminating replica until its
+/// endpoint is gone), closes the listener so late dials are refused rather than left to time
+/// out, and lets requests in flight finish (at most `grace`).
 pub async fn serve(
     listener: TcpListener,
     certs: Arc<tls::CertStore>,
     webhook: Arc<Webhook>,
     shutdown: CancellationToken,
+    drain: Duration,
     grace: Duration,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(certs.server_config()));
     let tracker = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let stop_accepting = CancellationToken::new();
+    {
+        let (shutdown, stop, webhook) = (shutdown.clone(), stop_accepting.clone(), webhook.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            webhook.draining.store(true, Ordering::Relaxed);
+            tracing::info!(?drain, "draining: not ready, still answering");
+            tokio::time::sleep(drain).await;
+            stop.cancel();
+        });
+    }
+    let mut saturated = false;
     loop {
+        // A connection slot first, so a flood waits in the kernel's backlog instead of pushing
+        // the API server's own connections out.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                saturated = false;
+                slot
+            }
+            Err(_) => {
+                if !saturated {
+                    tracing::warn!(
+                        max = MAX_CONNECTIONS,
+                        "connection limit reached; new connections wait"
+                    );
+                    saturated = true;
+                }
+                tokio::select! {
+                    () = stop_accepting.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop_accepting.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
@@ -655,13 +734,9 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, max = MAX_CONNECTIONS, "connection limit reached; closing");
-            continue;
-        };
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
-        let shutdown = shutdown.clone();
+        let shutdown = stop_accepting.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -676,32 +751,69 @@ pub async fn serve(
                     return;
                 }
             };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let service = hyper::service::service_fn(move |req| {
                 let webhook = webhook.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&webhook, req).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                async move {
+                    let response = tokio::time::timeout(REQUEST_TIMEOUT, handle(&webhook, req))
+                        .await
+                        .unwrap_or_else(|_| {
+                            text(
+                                StatusCode::REQUEST_TIMEOUT,
+                                format!("no complete request within {REQUEST_TIMEOUT:?}\n"),
+                            )
+                        });
+                    Ok::<_, std::convert::Infallible>(response)
                 }
+            });
+            let io = TokioIo::new(tls);
+            // The protocol ALPN chose, served by its own builder: no sniffing stage to stall in.
+            let result = if h2 {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(H2_MAX_STREAMS)
+                    .keep_alive_interval(Some(Duration::from_secs(20)))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                let conn = builder.serve_connection(io, service);
+                until_cancelled(conn, &shutdown, |c| c.graceful_shutdown()).await
+            } else {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                // Also closes an idle keep-alive connection after this long.
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let conn = builder.serve_connection(io, service);
+                until_cancelled(conn, &shutdown, |c| c.graceful_shutdown()).await
             };
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "webhook connection error");
             }
         });
     }
+    drop(listener);
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("connections still open after the grace period");
+    }
+}
+
+/// Drives a hyper connection; on `cancel`, asks it to finish what is in flight and close.
+async fn until_cancelled<C>(
+    conn: C,
+    cancel: &CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<(), hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        () = cancel.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
     }
 }
 
@@ -732,6 +844,11 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Resu
         (Some(client), true) => Namespaces::Kube(client.clone()),
         _ => Namespaces::Selector,
     };
+    let webhook = Arc::new(Webhook::new(
+        args.inject_config(),
+        args.on_error,
+        namespaces,
+    ));
     let certs = match (file_certs, &args.tls_secret, &client) {
         (Some(store), _, _) => {
             tokio::spawn(
@@ -751,11 +868,15 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Resu
             let pair = ensure_secret_with_retries(&boot, client, &shutdown).await?;
             let store =
                 tls::CertStore::from_pem(secret, pair.cert.as_bytes(), pair.key.as_bytes())?;
+            // Not ready until the webhook configuration trusts what this replica serves.
+            webhook.trusted.store(false, Ordering::Relaxed);
+            let trusted = webhook.clone();
             tokio::spawn(boot.reconcile(
                 client.clone(),
                 store.clone(),
-                pair.ca,
+                pair,
                 args.tls_secret_resync,
+                move |ok| trusted.trusted.store(ok, Ordering::Relaxed),
                 shutdown.clone(),
             ));
             store
@@ -771,12 +892,15 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Resu
         on_error = ?args.on_error,
         "webhook listening"
     );
-    let webhook = Arc::new(Webhook::new(
-        args.inject_config(),
-        args.on_error,
-        namespaces,
-    ));
-    serve(listener, certs, webhook, shutdown, Duration::from_secs(10)).await;
+    serve(
+        listener,
+        certs,
+        webhook,
+        shutdown,
+        args.drain_delay,
+        Duration::from_secs(10),
+    )
+    .await;
     Ok(())
 }
 

@@ -129,8 +129,8 @@ impl Bootstrap {
                 namespace: Some(self.namespace.clone()),
                 resource_version,
                 labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "tracemesh-webhook".to_owned(),
+                    MANAGED_BY.to_owned(),
+                    MANAGER.to_owned(),
                 )])),
                 annotations: Some(BTreeMap::from([(
                     ANNOTATION_NOT_AFTER.to_owned(),
@@ -148,27 +148,48 @@ impl Bootstrap {
         }
     }
 
-    /// The pair in `secret`, if it loads and is not due for renewal at `now` (Unix seconds).
-    pub fn usable(secret: &Secret, now: u64) -> Option<Pair> {
-        let data = secret.data.as_ref()?;
-        let text = |k: &str| String::from_utf8(data.get(k)?.0.clone()).ok();
+    /// The pair in `secret` if it loads, names the Service, and is not due for renewal at `now`
+    /// (Unix seconds; 0 skips that check). The end date comes from the certificate itself, so a
+    /// pair an operator or cert-manager wrote is judged like ours.
+    ///
+    /// # Errors
+    /// Why the Secret cannot be served.
+    pub fn usable(&self, secret: &Secret, now: u64) -> Result<Pair, String> {
+        let data = secret.data.as_ref().ok_or("it has no data")?;
+        let text = |k: &str| {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .ok_or_else(|| format!("it has no {k}"))
+        };
         let pair = Pair {
             ca: text("ca.crt")?,
             cert: text("tls.crt")?,
             key: text("tls.key")?,
         };
-        let not_after: u64 = secret
-            .metadata
-            .annotations
-            .as_ref()?
-            .get(ANNOTATION_NOT_AFTER)?
-            .parse()
-            .ok()?;
-        if not_after < now + RENEW_BEFORE.as_secs() {
-            return None;
+        CertStore::check_pem("tls.crt", pair.cert.as_bytes(), pair.key.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let (not_after, names) = leaf_facts(&pair.cert)?;
+        let dialled = &self.dns_names()[0];
+        if !names.iter().any(|n| n == dialled) {
+            return Err(format!(
+                "tls.crt does not name {dialled} (it names {names:?})"
+            ));
         }
-        CertStore::check_pem("secret", pair.cert.as_bytes(), pair.key.as_bytes()).ok()?;
-        Some(pair)
+        if now > 0 && not_after < now + RENEW_BEFORE.as_secs() {
+            return Err(format!(
+                "tls.crt ends at {not_after} (Unix), within the renewal window"
+            ));
+        }
+        Ok(pair)
+    }
+
+    fn managed(secret: &Secret) -> bool {
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY))
+            .is_some_and(|v| v == MANAGER)
     }
 
     /// Reads the Secret, or writes a new pair when it is missing or unusable; returns the pair
@@ -180,11 +201,8 @@ impl Bootstrap {
         let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         let context = || format!("Secret {}/{}", self.namespace, self.secret);
         let existing = api.get_opt(&self.secret).await.with_context(context)?;
-        if let Some(pair) = existing.as_ref().and_then(|s| Self::usable(s, unix_now())) {
-            return Ok(pair);
-        }
         let (pair, not_after) = self.generate()?;
-        let written = match existing {
+        let written = match &existing {
             None => {
                 api.create(
                     &PostParams::default(),
@@ -192,12 +210,42 @@ impl Bootstrap {
                 )
                 .await
             }
-            Some(old) => {
-                tracing::info!(secret = %self.secret, "the certificate Secret is unusable or due for renewal; replacing it");
-                let object = self.secret_object(&pair, not_after, old.metadata.resource_version);
-                api.replace(&self.secret, &PostParams::default(), &object)
-                    .await
-            }
+            Some(old) => match self.usable(old, unix_now()) {
+                Ok(pair) => return Ok(pair),
+                // Not ours to overwrite: someone provided it, and should fix it.
+                Err(reason) if !Self::managed(old) => anyhow::bail!(
+                    "{} is not usable ({reason}) and was not written by the webhook \
+                     (no {MANAGED_BY}={MANAGER} label): fix it or delete it",
+                    context()
+                ),
+                Err(reason) => {
+                    tracing::info!(secret = %self.secret, %reason, "replacing the certificate Secret");
+                    // Replicas still serving the old pair stay trusted until they pick up the
+                    // new one: the old CA stays in the bundle for this generation.
+                    let mut pair = pair.clone();
+                    if let Some(old_ca) = old
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get("ca.crt"))
+                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                        .and_then(|pem| first_valid_cert(&pem, unix_now()))
+                    {
+                        pair.ca.push_str(&old_ca);
+                    }
+                    let object =
+                        self.secret_object(&pair, not_after, old.metadata.resource_version.clone());
+                    return match api
+                        .replace(&self.secret, &PostParams::default(), &object)
+                        .await
+                    {
+                        Ok(_) => Ok(pair),
+                        Err(kube::Error::Api(status)) if status.code == 409 => {
+                            self.reread(&api).await
+                        }
+                        Err(e) => Err(e).with_context(context),
+                    };
+                }
+            },
         };
         match written {
             Ok(_) => {
@@ -205,14 +253,20 @@ impl Bootstrap {
                 Ok(pair)
             }
             // Another replica wrote first: serve its pair.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let secret = api.get(&self.secret).await.with_context(context)?;
-                Self::usable(&secret, unix_now()).with_context(|| {
-                    format!("{} was written concurrently but is not usable", context())
-                })
-            }
+            Err(kube::Error::Api(status)) if status.code == 409 => self.reread(&api).await,
             Err(e) => Err(e).with_context(context),
         }
+    }
+
+    async fn reread(&self, api: &Api<Secret>) -> anyhow::Result<Pair> {
+        let context = || format!("Secret {}/{}", self.namespace, self.secret);
+        let secret = api.get(&self.secret).await.with_context(context)?;
+        self.usable(&secret, 0).map_err(|reason| {
+            anyhow::anyhow!(
+                "{} was written concurrently but is not usable: {reason}",
+                context()
+            )
+        })
     }
 
     /// Sets `caBundle` to `ca` on our entries of the webhook configuration. Returns how many
@@ -262,49 +316,70 @@ impl Bootstrap {
     }
 
     /// Keeps the served pair equal to the Secret's, and the configuration's `caBundle` equal to
-    /// its CA, until `shutdown`. Failures are logged and retried on the next round.
+    /// its CA, until `shutdown`; `trusted` hears whether the configuration trusts what this
+    /// replica serves (readiness). A deleted Secret is written again with the pair this replica
+    /// serves, so the other replicas and the bundle stay as they are. Failures are logged and
+    /// retried on the next round.
     pub async fn reconcile(
         self: Arc<Self>,
         client: kube::Client,
         store: Arc<CertStore>,
-        mut ca: String,
+        mut served: Pair,
         every: Duration,
+        trusted: impl Fn(bool) + Send + 'static,
         shutdown: CancellationToken,
     ) {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         let mut delay = Duration::ZERO;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
-            let api: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
             match api.get_opt(&self.secret).await {
-                Ok(Some(secret)) => match Self::usable(&secret, 0) {
-                    Some(pair) => {
+                Ok(Some(secret)) => match self.usable(&secret, 0) {
+                    Ok(pair) if pair != served => {
                         match store.replace(&self.secret, pair.cert.as_bytes(), pair.key.as_bytes())
                         {
-                            Ok(true) => {
-                                tracing::info!(secret = %self.secret, "serving the Secret's new certificate")
+                            Ok(_) => {
+                                tracing::info!(secret = %self.secret, "serving the Secret's new certificate");
+                                served = pair;
                             }
-                            Ok(false) => {}
                             Err(e) => {
                                 tracing::warn!(error = %e, "the Secret's certificate does not load; keeping the current one")
                             }
                         }
-                        ca = pair.ca;
                     }
-                    None => {
-                        tracing::warn!(secret = %self.secret, "the certificate Secret is unusable; keeping the current certificate")
+                    Ok(_) => {}
+                    Err(reason) => {
+                        tracing::warn!(secret = %self.secret, %reason, "the certificate Secret is unusable; keeping the current certificate")
                     }
                 },
                 Ok(None) => {
-                    tracing::warn!(secret = %self.secret, "the certificate Secret is gone; restart a replica to write a new one")
+                    let not_after = leaf_facts(&served.cert).map_or(0, |(n, _)| n);
+                    match api
+                        .create(
+                            &PostParams::default(),
+                            &self.secret_object(&served, not_after, None),
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::warn!(secret = %self.secret, "the certificate Secret was deleted; wrote back the pair in use")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "writing back the deleted certificate Secret")
+                        }
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the certificate Secret"),
             }
             // Until the configuration exists (it may be applied after us) retry quickly.
-            delay = match self.ensure_ca_bundle(&client, &ca).await {
-                Ok(_) => every,
+            delay = match self.ensure_ca_bundle(&client, &served.ca).await {
+                Ok(_) => {
+                    trusted(true);
+                    every
+                }
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), "setting caBundle; retrying");
                     Duration::from_secs(2).min(every)
@@ -312,6 +387,59 @@ impl Bootstrap {
             };
         }
     }
+}
+
+/// The Secret label that marks a pair the webhook wrote (and may replace).
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+const MANAGER: &str = "tracemesh-webhook";
+
+/// A certificate's notAfter (Unix seconds) and DNS names.
+fn leaf_facts(pem: &str) -> Result<(u64, Vec<String>), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| format!("tls.crt is not PEM: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("tls.crt is not X.509: {e}"))?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0);
+    let names = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((not_after, names))
+}
+
+/// The first certificate of a PEM bundle, re-encoded, if it has not ended at `now`.
+fn first_valid_cert(bundle: &str, now: u64) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(bundle.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let end = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    (end > now).then(|| {
+        let block = rustls::pki_types::CertificateDer::from(pem.contents.clone());
+        let b64 = base64_lines(block.as_ref());
+        format!("-----BEGIN CERTIFICATE-----\n{b64}-----END CERTIFICATE-----\n")
+    })
+}
+
+/// Base64 in 64-character PEM lines, each ending in a newline.
+fn base64_lines(der: &[u8]) -> String {
+    let encoded = serde_json::to_value(ByteString(der.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / 64 + 1);
+    for chunk in encoded.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out
 }
 
 fn unix_now() -> u64 {
@@ -340,26 +468,58 @@ mod tests {
         CertStore::check_pem("generated", pair.cert.as_bytes(), pair.key.as_bytes()).unwrap();
         let secret = b.secret_object(&pair, not_after, None);
         assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert!(Bootstrap::managed(&secret));
         let now = unix_now();
         assert!(not_after > now + VALIDITY.as_secs() - 60);
-        assert_eq!(Bootstrap::usable(&secret, now), Some(pair.clone()));
+        assert_eq!(leaf_facts(&pair.cert).unwrap().0, not_after);
+        assert_eq!(b.usable(&secret, now), Ok(pair.clone()));
         // Within RENEW_BEFORE of the end: due for replacement.
         let late = not_after - RENEW_BEFORE.as_secs() + 1;
-        assert_eq!(Bootstrap::usable(&secret, late), None);
+        let err = b.usable(&secret, late).unwrap_err();
+        assert!(err.contains("renewal window"), "{err}");
 
-        // A key that is not the certificate's, or a missing annotation: unusable.
+        // A key that is not the certificate's: unusable.
         let (other, _) = b.generate().unwrap();
         let mixed = Pair {
             key: other.key,
             ..pair.clone()
         };
-        assert_eq!(
-            Bootstrap::usable(&b.secret_object(&mixed, not_after, None), now),
-            None
-        );
-        let mut bare = secret;
+        let err = b
+            .usable(&b.secret_object(&mixed, not_after, None), now)
+            .unwrap_err();
+        assert!(err.contains("does not fit"), "{err}");
+        // Our annotation is only a hint: an operator's Secret without it is judged the same.
+        let mut bare = secret.clone();
         bare.metadata.annotations = None;
-        assert_eq!(Bootstrap::usable(&bare, now), None);
+        bare.metadata.labels = None;
+        assert_eq!(b.usable(&bare, now), Ok(pair));
+        assert!(!Bootstrap::managed(&bare));
+        // A pair for another Service is not served.
+        let elsewhere = Bootstrap {
+            service: "other".into(),
+            ..bootstrap()
+        };
+        let err = elsewhere.usable(&secret, now).unwrap_err();
+        assert!(err.contains("does not name other.mesh.svc"), "{err}");
+    }
+
+    #[test]
+    fn the_old_ca_carried_over_is_the_same_certificate() {
+        let (pair, _) = bootstrap().generate().unwrap();
+        let copy = first_valid_cert(&pair.ca, unix_now()).unwrap();
+        let der = |pem: &str| {
+            x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .unwrap()
+                .1
+                .contents
+        };
+        assert_eq!(der(&copy), der(&pair.ca));
+        assert!(copy.lines().all(|l| l.len() <= 64), "{copy}");
+        assert_eq!(
+            first_valid_cert(&pair.ca, u64::MAX),
+            None,
+            "an ended CA is dropped"
+        );
     }
 
     #[test]
