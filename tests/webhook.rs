@@ -451,6 +451,7 @@ async fn patches_over_tls_equal_tracemesh_inject_for_the_same_pod() {
             "annotated": {"name": "annotated", "annotations": {"tracemesh.io/inject": "enabled"}},
             "plain": {"name": "plain", "labels": {"team": "a"}},
             "opted-out": {"name": "opted-out", "labels": {"tracemesh.io/inject": "enabled"}, "annotations": {"tracemesh.io/inject": "disabled"}},
+            "locked": {"name": "locked", "labels": {"tracemesh.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}},
         }),
     )
     .await;
@@ -557,6 +558,22 @@ async fn patches_over_tls_equal_tracemesh_inject_for_the_same_pod() {
         warning.ends_with("namespaces \"gone\" not found (404)"),
         "{warning}"
     );
+
+    // Pod Security "restricted" would reject the injected init container: admitted as is, with
+    // a warning that says what to change.
+    let review = review_in("locked");
+    let reply = send(
+        webhook.addr,
+        &ca.pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (response, pod) = patched(&review, &reply);
+    assert_eq!(response["allowed"], true);
+    assert!(pod.is_none());
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("Pod Security \"restricted\""), "{warning}");
     assert!(
         webhook.logs().contains("outcome=\"injected\""),
         "{}",
@@ -728,6 +745,31 @@ async fn start_up_errors_are_one_clear_line() {
                 "--proxy-resources={\"limits\":{\"memory\":\"1GB\"}}".into(),
             ],
             "memory: \"1GB\" is not a quantity",
+        ),
+        (
+            vec![
+                format!("--tls-cert={}", dir.0.join("none.crt").display()),
+                format!("--tls-key={}", dir.0.join("none.key").display()),
+                "--skip-outbound-cidrs=169.254.169.254/32,10.0.0.0/33".into(),
+            ],
+            "\"10.0.0.0/33\": prefix length must be 0..=32",
+        ),
+        (
+            vec![
+                format!("--tls-cert={}", dir.0.join("none.crt").display()),
+                format!("--tls-key={}", dir.0.join("none.key").display()),
+                "--proxy-uid=0".into(),
+            ],
+            "--proxy-uid",
+        ),
+        (
+            vec![
+                format!("--tls-cert={}", dir.0.join("none.crt").display()),
+                format!("--tls-key={}", dir.0.join("none.key").display()),
+                "--admin-port=4143".into(),
+                "--namespace-lookup=false".into(),
+            ],
+            "the injected proxy's ports must differ: inbound 4143, outbound 4140, admin 4143",
         ),
     ];
     for (args, expected) in cases {

@@ -53,7 +53,7 @@ pub struct InitArgs {
     pub iptables: String,
 }
 
-fn parse_cidr(s: &str) -> Result<String, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<String, String> {
     let s = s.trim();
     let (ip, len) = s.split_once('/').unwrap_or((s, ""));
     let ip: std::net::IpAddr = ip

@@ -285,9 +285,12 @@ pub fn inject_pod_spec(
 
     let settings = resolve(&lookup, config)?;
     // Validated: from here on nothing fails.
+    // Last among init containers: the app's own (migrations, wait-for-db) run before the
+    // rules exist, so they keep direct network access (untraced) instead of being redirected
+    // to a proxy that only starts with the regular containers.
     spec.init_containers
         .get_or_insert_with(Vec::new)
-        .insert(0, init_container(config, &settings));
+        .push(init_container(config, &settings));
     spec.containers
         .insert(0, proxy_container(config, &settings, workload));
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);

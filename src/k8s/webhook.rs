@@ -57,6 +57,8 @@ use super::inject::{
 };
 use crate::{config::SampleRatio, context::Propagators, k8s::init::DEFAULT_PROXY_UID, tls};
 
+/// The namespace label with which Pod Security admission enforces a level.
+const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// Reviews larger than this are refused with 413. The API server's own request limit is 3 MiB.
 pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 /// Each namespace lookup is bounded, well inside the webhook's own `timeoutSeconds`.
@@ -144,17 +146,17 @@ pub struct WebhookArgs {
 /// through the environment). Empty values mean "not set".
 #[derive(Debug, clap::Args)]
 pub struct InjectDefaults {
-    #[arg(long = "image", env = "TRACEMESH_INJECT_IMAGE", default_value = super::inject::DEFAULT_IMAGE)]
+    #[arg(long = "image", env = "TRACEMESH_INJECT_IMAGE", default_value = super::inject::DEFAULT_IMAGE, value_parser = non_empty)]
     pub image: String,
     #[arg(long = "image-pull-policy", env = "TRACEMESH_INJECT_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never", ""])]
     pub image_pull_policy: Option<String>,
-    #[arg(long = "proxy-uid", env = "TRACEMESH_INJECT_PROXY_UID", default_value_t = DEFAULT_PROXY_UID)]
+    #[arg(long = "proxy-uid", env = "TRACEMESH_INJECT_PROXY_UID", default_value_t = DEFAULT_PROXY_UID, value_parser = clap::value_parser!(u32).range(1..))]
     pub proxy_uid: u32,
-    #[arg(long = "inbound-port", env = "TRACEMESH_INJECT_INBOUND_PORT", default_value_t = super::inject::DEFAULT_INBOUND_PORT)]
+    #[arg(long = "inbound-port", env = "TRACEMESH_INJECT_INBOUND_PORT", default_value_t = super::inject::DEFAULT_INBOUND_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub inbound_port: u16,
-    #[arg(long = "outbound-port", env = "TRACEMESH_INJECT_OUTBOUND_PORT", default_value_t = super::inject::DEFAULT_OUTBOUND_PORT)]
+    #[arg(long = "outbound-port", env = "TRACEMESH_INJECT_OUTBOUND_PORT", default_value_t = super::inject::DEFAULT_OUTBOUND_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub outbound_port: u16,
-    #[arg(long = "admin-port", env = "TRACEMESH_INJECT_ADMIN_PORT", default_value_t = super::inject::DEFAULT_ADMIN_PORT)]
+    #[arg(long = "admin-port", env = "TRACEMESH_INJECT_ADMIN_PORT", default_value_t = super::inject::DEFAULT_ADMIN_PORT, value_parser = clap::value_parser!(u16).range(1..))]
     pub admin_port: u16,
     /// Comma-separated.
     #[arg(long = "skip-inbound-ports", env = "TRACEMESH_INJECT_SKIP_INBOUND_PORTS", default_value = "", value_parser = parse_ports)]
@@ -163,11 +165,7 @@ pub struct InjectDefaults {
     #[arg(long = "skip-outbound-ports", env = "TRACEMESH_INJECT_SKIP_OUTBOUND_PORTS", default_value = "", value_parser = parse_ports)]
     pub skip_outbound_ports: Ports,
     /// Comma-separated IPs or CIDRs.
-    #[arg(
-        long = "skip-outbound-cidrs",
-        env = "TRACEMESH_INJECT_SKIP_OUTBOUND_CIDRS",
-        default_value = ""
-    )]
+    #[arg(long = "skip-outbound-cidrs", env = "TRACEMESH_INJECT_SKIP_OUTBOUND_CIDRS", default_value = "", value_parser = parse_cidrs)]
     pub skip_outbound_cidrs: String,
     #[arg(long = "iptables", env = "TRACEMESH_INJECT_IPTABLES")]
     pub iptables: Option<String>,
@@ -217,6 +215,23 @@ fn parse_ports(s: &str) -> Result<Ports, String> {
         })
         .collect::<Result<_, _>>()
         .map(Ports)
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// Checked as `tracemesh init` checks them, so a value that starts the webhook cannot make
+/// every injected init container fail.
+fn parse_cidrs(s: &str) -> Result<String, String> {
+    for cidr in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        crate::k8s::init::parse_cidr(cidr)?;
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_optional_endpoint(s: &str) -> Result<String, String> {
@@ -326,6 +341,12 @@ pub enum MutateError {
     Inject(#[from] InjectError),
     #[error("looking up namespace {namespace:?}: {reason}")]
     Namespace { namespace: String, reason: String },
+    #[error(
+        "the namespace enforces Pod Security {level:?}, which rejects the init container's \
+         NET_ADMIN and NET_RAW capabilities: label it pod-security.kubernetes.io/enforce=privileged \
+         to inject, or opt it out"
+    )]
+    PodSecurity { level: String },
 }
 
 /// What [`mutate`] decided for one pod.
@@ -355,6 +376,15 @@ pub fn mutate(
     let before = meta.annotations.clone().unwrap_or_default();
     let workload = workload_name(&meta);
     let outcome = inject_pod_spec(&mut meta, &mut spec, namespace, workload.as_deref(), config)?;
+    // Pod Security admission runs after us: a pod we inject there would be rejected outright,
+    // where without the sidecar it starts.
+    if let (Outcome::Injected, Some(level)) = (outcome, namespace.get(POD_SECURITY_ENFORCE)) {
+        if matches!(level.as_str(), "baseline" | "restricted") {
+            return Err(MutateError::PodSecurity {
+                level: level.clone(),
+            });
+        }
+    }
     let mut patch = Vec::new();
     // A pod nobody opted in is left exactly as it is: every pod in a selected namespace passes
     // through here, and most of them are not ours to annotate.
@@ -397,7 +427,7 @@ pub fn mutate(
             .pointer("/spec/initContainers")
             .is_some_and(Value::is_array)
         {
-            patch.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": init}));
+            patch.push(json!({"op": "add", "path": "/spec/initContainers/-", "value": init}));
         } else {
             patch.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
         }
@@ -471,8 +501,17 @@ impl Namespaces {
                 .flatten()
                 .filter(|(k, _)| k.starts_with("tracemesh.io/"))
         };
+        let enforce = ns
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POD_SECURITY_ENFORCE))
+            .cloned();
         let mut merged: BTreeMap<String, String> = ours(ns.metadata.labels).collect();
         merged.extend(ours(ns.metadata.annotations));
+        if let Some(level) = enforce {
+            merged.insert(POD_SECURITY_ENFORCE.to_owned(), level);
+        }
         Ok(merged)
     }
 }
@@ -826,6 +865,18 @@ pub async fn run(args: WebhookArgs, shutdown: CancellationToken) -> anyhow::Resu
     use anyhow::Context as _;
     // kube's client takes rustls' process-wide provider; make it ours (ring) before it looks.
     let _ = tls::provider().as_ref().clone().install_default();
+    let d = &args.inject;
+    if d.inbound_port == d.outbound_port
+        || d.inbound_port == d.admin_port
+        || d.outbound_port == d.admin_port
+    {
+        anyhow::bail!(
+            "the injected proxy's ports must differ: inbound {}, outbound {}, admin {}",
+            d.inbound_port,
+            d.outbound_port,
+            d.admin_port
+        );
+    }
     let files = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let file_certs = match files {
         Some((cert, key)) => Some(tls::CertStore::load(cert, key)?),

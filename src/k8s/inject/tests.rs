@@ -72,7 +72,7 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn injects_sidecar_and_init_container_first() {
+fn injects_the_sidecar_first_and_the_init_container() {
     let (meta, spec, outcome) = inject(&[], &[]).unwrap();
     assert_eq!(outcome, Outcome::Injected);
     assert_eq!(spec.containers[0].name, PROXY_CONTAINER);

@@ -238,7 +238,7 @@ fn inject_template(
             INIT_CONTAINER,
         )?;
         let proxy = added(&spec.containers, PROXY_CONTAINER)?;
-        sequence_at(spec_yaml, "initContainers").insert(0, init);
+        sequence_at(spec_yaml, "initContainers").push(init);
         sequence_at(spec_yaml, "containers").insert(0, proxy);
     }
     Ok(outcome)

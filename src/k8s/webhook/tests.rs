@@ -164,10 +164,10 @@ fn existing_init_containers_and_annotations_are_kept_in_order() {
             .map(|c| c["name"].as_str().unwrap().to_owned())
             .collect()
     };
-    // Our init container runs first, so the app's init containers' traffic is redirected too.
+    // Ours runs last: the app's init containers keep direct network access.
     assert_eq!(
         names(&patched["spec"]["initContainers"]),
-        [INIT_CONTAINER, "migrate"]
+        ["migrate", INIT_CONTAINER]
     );
     assert_eq!(
         names(&patched["spec"]["containers"]),
@@ -361,4 +361,33 @@ async fn malformed_reviews_are_errors_not_panics() {
         .await
         .unwrap_err();
     assert!(matches!(err, ReviewError::NoUid), "{err}");
+}
+
+#[test]
+fn pod_security_baseline_or_restricted_namespaces_are_not_injected() {
+    let original = pod(Value::Null);
+    for level in ["baseline", "restricted"] {
+        let namespace = ns(&[
+            ("tracemesh.io/inject", "enabled"),
+            ("pod-security.kubernetes.io/enforce", level),
+        ]);
+        let err = mutate(&original, &namespace, &config())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("Pod Security \"{level}\"")), "{err}");
+    }
+    let privileged = ns(&[
+        ("tracemesh.io/inject", "enabled"),
+        ("pod-security.kubernetes.io/enforce", "privileged"),
+    ]);
+    assert_eq!(
+        mutate(&original, &privileged, &config()).unwrap().outcome,
+        Outcome::Injected
+    );
+    // Not opted in: no error, whatever the level.
+    let quiet = ns(&[("pod-security.kubernetes.io/enforce", "restricted")]);
+    assert!(mutate(&original, &quiet, &config())
+        .unwrap()
+        .patch
+        .is_empty());
 }
