@@ -488,14 +488,19 @@ impl Namespaces {
             namespace: name.to_owned(),
             reason,
         };
-        let ns = tokio::time::timeout(NAMESPACE_LOOKUP_TIMEOUT, api.get(name))
-            .await
-            .map_err(|_| err(format!("no answer within {NAMESPACE_LOOKUP_TIMEOUT:?}")))?
-            .map_err(|e| match e {
-                // The API server's own words ("namespaces \"x\" not found"), not kube's dump.
-                kube::Error::Api(status) => err(format!("{} ({})", status.message, status.code)),
-                other => err(other.to_string()),
-            })?;
+        let ns = tokio::time::timeout(
+            NAMESPACE_LOOKUP_TIMEOUT,
+            // Metadata only, and resourceVersion=0: the API server answers from its watch
+            // cache instead of a quorum read from etcd, once per pod created.
+            api.get_metadata_with(name, &kube::api::GetParams::any()),
+        )
+        .await
+        .map_err(|_| err(format!("no answer within {NAMESPACE_LOOKUP_TIMEOUT:?}")))?
+        .map_err(|e| match e {
+            // The API server's own words ("namespaces \"x\" not found"), not kube's dump.
+            kube::Error::Api(status) => err(format!("{} ({})", status.message, status.code)),
+            other => err(other.to_string()),
+        })?;
         let ours = |m: Option<BTreeMap<String, String>>| {
             m.into_iter()
                 .flatten()

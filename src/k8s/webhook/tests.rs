@@ -391,3 +391,39 @@ fn pod_security_baseline_or_restricted_namespaces_are_not_injected() {
         .patch
         .is_empty());
 }
+
+/// The chart passes the webhook its defaults as environment variables (ConfigMap and
+/// Deployment); clap ignores a variable it does not know, so a renamed flag would silently
+/// drop a chart value. Every name the chart sets must be one the webhook reads.
+#[test]
+fn every_variable_the_chart_sets_is_one_the_webhook_reads() {
+    use clap::CommandFactory as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WebhookArgs,
+    }
+    let known: Vec<String> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let configmap = include_str!("../../../charts/tracemesh/templates/configmap.yaml");
+    let keys: Vec<&str> = configmap
+        .lines()
+        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k))
+        .filter(|k| k.starts_with("TRACEMESH_"))
+        .collect();
+    assert!(keys.len() >= 15, "{keys:?}");
+    let deployment = include_str!("../../../charts/tracemesh/templates/deployment.yaml");
+    let env_names = deployment
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: TRACEMESH_"))
+        .map(|rest| format!("TRACEMESH_{rest}"));
+    for key in keys.iter().map(|k| (*k).to_owned()).chain(env_names) {
+        assert!(
+            known.contains(&key),
+            "the chart sets {key}, which `tracemesh webhook` ignores"
+        );
+    }
+}
