@@ -1,5 +1,5 @@
 //! The pod mutation: how the sidecar and the init container get into a pod, shared by
-//! `tracemesh inject` (offline, YAML in and out) and, later, the admission webhook.
+//! `tracemesh inject` (offline, YAML in and out) and the admission webhook (`webhook.rs`).
 //!
 //! [`inject_pod_spec`] is the one pure function that decides and mutates. It validates every
 //! annotation before it touches anything, so an invalid value is an error and never a

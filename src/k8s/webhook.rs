@@ -5,15 +5,16 @@
 //! The patch is computed whole before it is sent, from validated settings, so a pod gets either
 //! the complete injection or nothing.
 //!
-//! Opt-in: a pod is injected when its own `tracemesh.io/inject` annotation, or its namespace's
-//! `tracemesh.io/inject` label or annotation, says `enabled` (pod over namespace, annotation over
-//! label), and nothing says `disabled`. Namespaces are read from the API server per review
-//! (`get` on namespaces is the webhook's only permission). With `--namespace-lookup=false` the
-//! webhook has no API access and trusts the MutatingWebhookConfiguration's `namespaceSelector`:
-//! every pod it is asked about is injected unless the pod says `disabled`.
+//! Opt-in: the nearest `tracemesh.io/inject` decides: the pod's annotation, else the
+//! namespace's annotation, else the namespace's label; `enabled` injects, `disabled` or nothing
+//! leaves the pod alone. Namespaces are read per review (a metadata `get` served from the API
+//! server's cache). With `--namespace-lookup=false` the webhook trusts the
+//! MutatingWebhookConfiguration's `namespaceSelector`: every pod it is asked about is injected
+//! unless the pod says `disabled`.
 //!
 //! When a pod cannot be injected (an invalid annotation, an undecodable pod, the namespace
-//! lookup failing) the default answer is `allowed: true` with a warning that `kubectl` prints,
+//! lookup failing, or a namespace whose Pod Security level would reject the init container's
+//! `NET_ADMIN`) the default answer is `allowed: true` with a warning that `kubectl` prints,
 //! and no patch: the pod starts without a sidecar rather than not at all. `--on-error=reject`
 //! denies it instead. A review that is not an `AdmissionReview` v1 at all gets HTTP 400 with the
 //! reason.
