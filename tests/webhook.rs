@@ -3,9 +3,9 @@
 //! patch it answers applied with the json-patch crate, then compared with what `tracemesh inject`
 //! writes for the same pod template.
 //!
-//! Namespace labels and annotations come from the Kubernetes API: the webhook gets a kubeconfig
-//! pointing at a loopback HTTP server that answers `GET /api/v1/namespaces/{name}` (the only
-//! call the webhook's RBAC allows), so kube's real client does the lookups.
+//! The Kubernetes API is a loopback HTTP server ([`fake_api`]) with the few calls the webhook's
+//! RBAC allows: namespace metadata, Secrets in one namespace, one MutatingWebhookConfiguration.
+//! The webhook gets a kubeconfig pointing at it, so kube's real client makes the calls.
 
 mod support;
 
@@ -93,83 +93,6 @@ fn write_atomically(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
-}
-
-// === a namespace API ===
-
-/// Answers `GET /api/v1/namespaces/{name}` from a fixed map; 404 as the API server words it.
-struct NamespaceApi {
-    _served: serve::Served,
-    kubeconfig: PathBuf,
-    lookups: Arc<AtomicUsize>,
-}
-
-async fn namespace_api(dir: &Path, namespaces: Value) -> NamespaceApi {
-    let lookups = Arc::new(AtomicUsize::new(0));
-    let listener = serve::bind_loopback().await;
-    let addr = listener.local_addr().unwrap();
-    let count = lookups.clone();
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let namespaces = namespaces.clone();
-        // Counted only when served from the API server's cache (resourceVersion=0), as metadata.
-        let cached = req
-            .uri()
-            .query()
-            .is_some_and(|q| q.contains("resourceVersion=0"))
-            && req
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
-        if cached {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        async move {
-            let name = req
-                .uri()
-                .path()
-                .strip_prefix("/api/v1/namespaces/")
-                .unwrap_or_default();
-            let (status, body) = match namespaces.get(name) {
-                Some(meta) if req.method() == http::Method::GET => (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}),
-                ),
-                _ => (
-                    StatusCode::NOT_FOUND,
-                    json!({
-                        "kind": "Status", "apiVersion": "v1", "metadata": {},
-                        "status": "Failure", "reason": "NotFound", "code": 404,
-                        "message": format!("namespaces \"{name}\" not found"),
-                        "details": {"name": name, "kind": "namespaces"}
-                    }),
-                ),
-            };
-            Ok::<_, std::convert::Infallible>(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body.to_string())))
-                    .unwrap(),
-            )
-        }
-    });
-    let served = serve::serve_http(listener, service);
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: http://{addr}\n\
-             users:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n\
-             current-context: test\n"
-        ),
-    )
-    .unwrap();
-    NamespaceApi {
-        _served: served,
-        kubeconfig,
-        lookups,
-    }
 }
 
 // === the webhook process ===
@@ -410,6 +333,26 @@ fn patched(review: &Value, reply: &Reply) -> (Value, Option<Value>) {
     (response, Some(pod))
 }
 
+/// Sends the review pod in `namespace`; asserts it is admitted without a patch, and returns the
+/// warning the answer carries.
+async fn admitted_with_warning(webhook: &Webhook, ca_pem: &str, namespace: &str) -> String {
+    let review = review_in(namespace);
+    let reply = send(
+        webhook.addr,
+        ca_pem,
+        false,
+        post("/mutate", review.to_string()),
+    )
+    .await;
+    let (response, pod) = patched(&review, &reply);
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(pod.is_none(), "no patch with a warning");
+    response["warnings"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no warning: {response}"))
+        .to_owned()
+}
+
 /// `tracemesh inject` on a Deployment `checkout` whose template is the review's pod, with the
 /// webhook's defaults; returns the injected template.
 fn inject_template(review: &Value) -> Value {
@@ -456,17 +399,18 @@ async fn patches_over_tls_equal_tracemesh_inject_for_the_same_pod() {
     let (cert, key) = ca.serving();
     std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
     std::fs::write(dir.0.join("tls.key"), &key).unwrap();
-    let api = namespace_api(
-        &dir.0,
-        json!({
-            "shop": {"name": "shop", "labels": {"tracemesh.io/inject": "enabled", "kubernetes.io/metadata.name": "shop"}},
-            "annotated": {"name": "annotated", "annotations": {"tracemesh.io/inject": "enabled"}},
-            "plain": {"name": "plain", "labels": {"team": "a"}},
-            "opted-out": {"name": "opted-out", "labels": {"tracemesh.io/inject": "enabled"}, "annotations": {"tracemesh.io/inject": "disabled"}},
-            "locked": {"name": "locked", "labels": {"tracemesh.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}},
-        }),
-    )
-    .await;
+    let mut state = ApiState::default();
+    let namespaces = json!({
+        "shop": {"name": "shop", "labels": {"tracemesh.io/inject": "enabled", "kubernetes.io/metadata.name": "shop"}},
+        "annotated": {"name": "annotated", "annotations": {"tracemesh.io/inject": "enabled"}},
+        "plain": {"name": "plain", "labels": {"team": "a"}},
+        "opted-out": {"name": "opted-out", "labels": {"tracemesh.io/inject": "enabled"}, "annotations": {"tracemesh.io/inject": "disabled"}},
+        "locked": {"name": "locked", "labels": {"tracemesh.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}},
+    });
+    for (name, meta) in namespaces.as_object().unwrap() {
+        state.namespaces.insert(name.clone(), meta.clone());
+    }
+    let api = fake_api(&dir.0, state).await;
     let webhook = start(&dir.0, Some(&api.kubeconfig), &[]).await;
 
     // Opted in by label (over HTTP/1.1) and by annotation (over HTTP/2): the same injection.
@@ -543,25 +487,14 @@ async fn patches_over_tls_equal_tracemesh_inject_for_the_same_pod() {
     );
     assert_eq!(pod["spec"], review["request"]["object"]["spec"]);
     assert_eq!(
-        api.lookups.load(Ordering::Relaxed),
+        api.state.lock().unwrap().cached_namespace_reads,
         4,
         "one cached metadata GET of the namespace per review"
     );
 
     // A namespace the API does not know: the lookup fails, the pod is admitted with a warning
     // and no patch (the default --on-error=allow).
-    let review = review_in("gone");
-    let reply = send(
-        webhook.addr,
-        &ca.pem,
-        false,
-        post("/mutate", review.to_string()),
-    )
-    .await;
-    let (response, pod) = patched(&review, &reply);
-    assert_eq!(response["allowed"], true);
-    assert!(pod.is_none());
-    let warning = response["warnings"][0].as_str().unwrap();
+    let warning = admitted_with_warning(&webhook, &ca.pem, "gone").await;
     assert!(
         warning.starts_with("tracemesh: sidecar not injected: looking up namespace \"gone\""),
         "{warning}"
@@ -573,18 +506,7 @@ async fn patches_over_tls_equal_tracemesh_inject_for_the_same_pod() {
 
     // Pod Security "restricted" would reject the injected init container: admitted as is, with
     // a warning that says what to change.
-    let review = review_in("locked");
-    let reply = send(
-        webhook.addr,
-        &ca.pem,
-        false,
-        post("/mutate", review.to_string()),
-    )
-    .await;
-    let (response, pod) = patched(&review, &reply);
-    assert_eq!(response["allowed"], true);
-    assert!(pod.is_none());
-    let warning = response["warnings"][0].as_str().unwrap();
+    let warning = admitted_with_warning(&webhook, &ca.pem, "locked").await;
     assert!(warning.contains("Pod Security \"restricted\""), "{warning}");
     assert!(
         webhook.logs().contains("outcome=\"injected\""),
@@ -1078,6 +1000,10 @@ struct ApiState {
     creates: Vec<StatusCode>,
     /// Every write to a Secret (create, replace), answered or refused.
     secret_writes: usize,
+    /// Namespace metadata by name (`GET /api/v1/namespaces/{name}`).
+    namespaces: HashMap<String, Value>,
+    /// Namespace reads served as the webhook should ask: metadata only, from the cache.
+    cached_namespace_reads: usize,
 }
 
 fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value) {
@@ -1089,6 +1015,7 @@ fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value
 }
 
 fn handle_api(
+    cached_read: bool,
     state: &Mutex<ApiState>,
     method: &http::Method,
     path: &str,
@@ -1098,6 +1025,25 @@ fn handle_api(
     st.version += 1;
     let version = st.version.to_string();
     let config_prefix = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/";
+    if let Some(name) = path
+        .strip_prefix("/api/v1/namespaces/")
+        .filter(|n| !n.contains('/'))
+    {
+        if cached_read {
+            st.cached_namespace_reads += 1;
+        }
+        return match st.namespaces.get(name) {
+            Some(meta) if method == http::Method::GET => (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta}),
+            ),
+            _ => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("namespaces \"{name}\" not found"),
+            ),
+        };
+    }
     // /api/v1/namespaces/{namespace}/secrets[/{name}]: one namespace per test.
     let secrets_path = path
         .strip_prefix("/api/v1/namespaces/")
@@ -1220,7 +1166,16 @@ async fn fake_api_with(dir: &Path, state: ApiState, hold_first_reads: usize) -> 
                 barrier.wait().await;
             }
             let body = body.collect().await.unwrap().to_bytes();
-            let (code, value) = handle_api(&state, &parts.method, parts.uri.path(), &body);
+            let cached = parts
+                .uri
+                .query()
+                .is_some_and(|q| q.contains("resourceVersion=0"))
+                && parts
+                    .headers
+                    .get("accept")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+            let (code, value) = handle_api(cached, &state, &parts.method, parts.uri.path(), &body);
             Ok::<_, std::convert::Infallible>(
                 Response::builder()
                     .status(code)
