@@ -263,7 +263,7 @@ async fn serve_connection(
 
 /// Drives a hyper connection; on `shutdown`, asks it to finish gracefully (HTTP/1: after the
 /// request in flight; HTTP/2: GOAWAY, then the open streams) and keeps driving it to the end.
-async fn until_shutdown<C, T, E>(
+pub(crate) async fn until_shutdown<C, T, E>(
     conn: C,
     shutdown: &CancellationToken,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),

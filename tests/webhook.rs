@@ -116,7 +116,8 @@ impl Webhook {
     }
 }
 
-fn spawn(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Child, Arc<Mutex<Vec<String>>>) {
+/// `tracemesh webhook ARGS` with no Kubernetes config from the test's own environment.
+fn webhook_command(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Command {
     let mut cmd = command();
     cmd.arg("webhook")
         .args(args)
@@ -128,6 +129,24 @@ fn spawn(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Child, Arc<Mutex<V
     for (k, v) in env {
         cmd.env(k, v);
     }
+    cmd
+}
+
+/// Runs the webhook to its exit: (exit code, all of stderr).
+async fn exit_of(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Option<i32>, String) {
+    let mut cmd = webhook_command(args, env);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("running tracemesh webhook");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn spawn(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut cmd = webhook_command(args, env);
     let mut child = cmd.spawn().expect("spawning tracemesh webhook");
     let lines = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().unwrap();
@@ -661,85 +680,49 @@ async fn rotated_certificates_are_served_without_a_restart() {
 }
 
 #[tokio::test]
-async fn start_up_errors_are_one_clear_line() {
+async fn start_up_errors_exit_64_with_the_reason() {
     let dir = TempDir::new("startup");
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let cert = format!("--tls-cert={}", dir.0.join("none.crt").display());
+    let key = format!("--tls-key={}", dir.0.join("none.key").display());
+    let missing = format!(
+        "tracemesh webhook: reading {}: No such file or directory",
+        dir.0.join("none.crt").display()
+    );
+    // Each case: flags besides the (missing) certificate files, and what stderr must say.
+    let cases: [(&[&str], &str); 5] = [
+        (&["--namespace-lookup=false"], &missing),
         (
-            vec![
-                "--tls-cert=/nonexistent/tls.crt".into(),
-                "--tls-key=/nonexistent/tls.key".into(),
-                "--namespace-lookup=false".into(),
-            ],
-            "tracemesh webhook: reading /nonexistent/tls.crt: No such file or directory",
-        ),
-        (
-            vec![
-                format!("--tls-cert={}", dir.0.join("none.crt").display()),
-                format!("--tls-key={}", dir.0.join("none.key").display()),
-                "--proxy-resources={\"limits\":{\"memory\":\"1GB\"}}".into(),
-            ],
+            &["--proxy-resources={\"limits\":{\"memory\":\"1GB\"}}"],
             "memory: \"1GB\" is not a quantity",
         ),
         (
-            vec![
-                format!("--tls-cert={}", dir.0.join("none.crt").display()),
-                format!("--tls-key={}", dir.0.join("none.key").display()),
-                "--skip-outbound-cidrs=169.254.169.254/32,10.0.0.0/33".into(),
-            ],
+            &["--skip-outbound-cidrs=169.254.169.254/32,10.0.0.0/33"],
             "\"10.0.0.0/33\": prefix length must be 0..=32",
         ),
+        (&["--proxy-uid=0"], "--proxy-uid"),
         (
-            vec![
-                format!("--tls-cert={}", dir.0.join("none.crt").display()),
-                format!("--tls-key={}", dir.0.join("none.key").display()),
-                "--proxy-uid=0".into(),
-            ],
-            "--proxy-uid",
-        ),
-        (
-            vec![
-                format!("--tls-cert={}", dir.0.join("none.crt").display()),
-                format!("--tls-key={}", dir.0.join("none.key").display()),
-                "--admin-port=4143".into(),
-                "--namespace-lookup=false".into(),
-            ],
+            &["--admin-port=4143", "--namespace-lookup=false"],
             "the injected proxy's ports must differ: inbound 4143, outbound 4140, admin 4143",
         ),
     ];
-    for (args, expected) in cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (mut child, lines) = spawn(&args, &[]);
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(status.code(), Some(64), "{args:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let logs = lines.lock().unwrap().join("\n");
-        assert!(logs.contains(expected), "{args:?}:\n{logs}");
+    for (extra, expected) in cases {
+        let mut args = vec![cert.as_str(), key.as_str()];
+        args.extend_from_slice(extra);
+        let (code, stderr) = exit_of(&args, &[]).await;
+        assert_eq!(code, Some(64), "{args:?}:\n{stderr}");
+        assert!(stderr.contains(expected), "{args:?}:\n{stderr}");
     }
 
-    // Namespace lookups on, and no API server config anywhere.
+    // Namespace lookups on, and no API server config anywhere (no ~/.kube/config in HOME).
     let ca = Ca::new("ca");
-    let (cert, key) = ca.serving();
-    std::fs::write(dir.0.join("tls.crt"), &cert).unwrap();
-    std::fs::write(dir.0.join("tls.key"), &key).unwrap();
-    let home: &Path = &dir.0; // no ~/.kube/config in it
-    let (mut child, lines) = spawn(
-        &[
-            &format!("--tls-cert={}", dir.0.join("tls.crt").display()),
-            &format!("--tls-key={}", dir.0.join("tls.key").display()),
-        ],
-        &[("HOME", home.as_os_str())],
-    );
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(64));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let logs = lines.lock().unwrap().join("\n");
-    assert!(logs.contains("--namespace-lookup=false"), "{logs}");
+    let (pem, key_pem) = ca.serving();
+    std::fs::write(dir.0.join("tls.crt"), &pem).unwrap();
+    std::fs::write(dir.0.join("tls.key"), &key_pem).unwrap();
+    let cert = format!("--tls-cert={}", dir.0.join("tls.crt").display());
+    let key = format!("--tls-key={}", dir.0.join("tls.key").display());
+    let (code, stderr) = exit_of(&[&cert, &key], &[("HOME", dir.0.as_os_str())]).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--namespace-lookup=false"), "{stderr}");
 }
 
 /// The rendered chart (manifests/tracemesh.yaml) is the webhook's real configuration: its

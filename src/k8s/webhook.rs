@@ -56,7 +56,10 @@ use super::inject::{
     inject_pod_spec, parse_endpoint, InjectConfig, InjectError, Outcome, SkipReason,
     INIT_CONTAINER, PROXY_CONTAINER,
 };
-use crate::{config::SampleRatio, context::Propagators, k8s::init::DEFAULT_PROXY_UID, tls};
+use crate::{
+    config::SampleRatio, context::Propagators, k8s::init::DEFAULT_PROXY_UID, proxy::until_shutdown,
+    tls,
+};
 
 /// The namespace label with which Pod Security admission enforces a level.
 const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
@@ -821,7 +824,7 @@ pub async fn serve(
                     .keep_alive_interval(Some(Duration::from_secs(20)))
                     .keep_alive_timeout(Duration::from_secs(10));
                 let conn = builder.serve_connection(io, service);
-                until_cancelled(conn, &shutdown, |c| c.graceful_shutdown()).await
+                until_shutdown(conn, &shutdown, |c| c.graceful_shutdown()).await
             } else {
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 // Also closes an idle keep-alive connection after this long.
@@ -829,7 +832,7 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
                 let conn = builder.serve_connection(io, service);
-                until_cancelled(conn, &shutdown, |c| c.graceful_shutdown()).await
+                until_shutdown(conn, &shutdown, |c| c.graceful_shutdown()).await
             };
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "webhook connection error");
@@ -840,25 +843,6 @@ pub async fn serve(
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("connections still open after the grace period");
-    }
-}
-
-/// Drives a hyper connection; on `cancel`, asks it to finish what is in flight and close.
-async fn until_cancelled<C>(
-    conn: C,
-    cancel: &CancellationToken,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-) -> Result<(), hyper::Error>
-where
-    C: std::future::Future<Output = Result<(), hyper::Error>>,
-{
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r,
-        () = cancel.cancelled() => {
-            graceful(conn.as_mut());
-            conn.await
-        }
     }
 }
 

@@ -416,30 +416,17 @@ fn leaf_facts(pem: &str) -> Result<(u64, Vec<String>), String> {
     Ok((not_after, names))
 }
 
-/// The first certificate of a PEM bundle, re-encoded, if it has not ended at `now`.
+/// The first certificate of a PEM bundle, as its PEM block, if it has not ended at `now`.
 fn first_valid_cert(bundle: &str, now: u64) -> Option<String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(bundle.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let end = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-    (end > now).then(|| {
-        let block = rustls::pki_types::CertificateDer::from(pem.contents.clone());
-        let b64 = base64_lines(block.as_ref());
-        format!("-----BEGIN CERTIFICATE-----\n{b64}-----END CERTIFICATE-----\n")
-    })
-}
-
-/// Base64 in 64-character PEM lines, each ending in a newline.
-fn base64_lines(der: &[u8]) -> String {
-    let encoded = serde_json::to_value(ByteString(der.to_vec()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let mut out = String::with_capacity(encoded.len() + encoded.len() / 64 + 1);
-    for chunk in encoded.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
+    let (rest, pem) = x509_parser::pem::parse_x509_pem(bundle.as_bytes()).ok()?;
+    let end = pem.parse_x509().ok()?.validity().not_after.timestamp();
+    if u64::try_from(end).ok()? <= now {
+        return None;
     }
-    out
+    // The block as written: from its BEGIN line up to where the parser stopped.
+    let block = &bundle[..bundle.len() - rest.len()];
+    let block = &block[block.find("-----BEGIN")?..];
+    Some(format!("{}\n", block.trim_end()))
 }
 
 fn unix_now() -> u64 {
