@@ -24,6 +24,7 @@ pub const ENV_RESPONSE_TIMEOUT: &str = "TRACEMESH_RESPONSE_TIMEOUT";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "TRACEMESH_HEADER_READ_TIMEOUT";
 pub const ENV_IDLE_TIMEOUT: &str = "TRACEMESH_IDLE_TIMEOUT";
 pub const ENV_DETECT_TIMEOUT: &str = "TRACEMESH_DETECT_TIMEOUT";
+pub const ENV_OPAQUE_PORTS: &str = "TRACEMESH_OPAQUE_PORTS";
 pub const ENV_MAX_CONNECTIONS: &str = "TRACEMESH_MAX_CONNECTIONS";
 pub const ENV_MAX_HEADER_BYTES: &str = "TRACEMESH_MAX_HEADER_BYTES";
 pub const ENV_ROUTES: &str = "TRACEMESH_ROUTES";
@@ -60,7 +61,8 @@ pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 /// A connection with no request in flight and no bytes moving is closed after this.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
-/// Server-first protocols send nothing; after this long the connection is treated as opaque.
+/// A client must send enough to tell its protocol within this; otherwise the connection is
+/// closed. Server-first protocols send nothing: their ports belong in `--opaque-ports`.
 pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// The request line plus headers; larger heads are answered with 431.
@@ -131,9 +133,15 @@ pub struct ProxyArgs {
     /// Idle connections (no request in flight, no bytes moving) are closed after this.
     #[arg(long, env = ENV_IDLE_TIMEOUT, default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// How long to wait for a client's first bytes before treating the connection as opaque TCP.
+    /// How long a client may take to send enough bytes to tell its protocol; then the
+    /// connection is closed (never relayed unparsed).
     #[arg(long, env = ENV_DETECT_TIMEOUT, default_value = DEFAULT_DETECT_TIMEOUT, value_parser = parse_duration)]
     pub detect_timeout: Duration,
+    /// Destination ports relayed as opaque TCP without protocol detection: server-first
+    /// protocols (MySQL, SMTP, ...) and anything that must never be parsed as HTTP
+    /// (comma-separated).
+    #[arg(long, env = ENV_OPAQUE_PORTS, value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
     /// Open connections per listener; further clients wait in the kernel's backlog.
     #[arg(long, env = ENV_MAX_CONNECTIONS, default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,

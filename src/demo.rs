@@ -136,6 +136,7 @@ impl Service {
             shutdown_grace: Duration::from_secs(2),
             routes: Default::default(),
             red_metrics: true,
+            opaque_ports: Vec::new(),
         };
         let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
             "OTEL_SERVICE_NAME" => Some(name.to_owned()),

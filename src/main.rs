@@ -147,6 +147,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             shutdown_grace: args.shutdown_grace,
             routes: args.routes(),
             red_metrics: !args.disable_red_metrics,
+            opaque_ports: args.opaque_ports.clone(),
         };
         tracing::info!(
             workers,

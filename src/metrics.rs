@@ -55,6 +55,12 @@ struct DirectionLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct InvalidHeaderLabels {
     format: &'static str,
     reason: &'static str,
@@ -88,6 +94,7 @@ pub struct Metrics {
     pub outbound: ConnectionMetrics,
     pub export: ExportMetrics,
     invalid_headers: Family<InvalidHeaderLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 impl Metrics {
@@ -151,6 +158,15 @@ impl Metrics {
             invalid_headers.clone(),
         );
 
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "tracemesh_refused_connections",
+            "Connections closed without being forwarded, by listener and reason: own_port (an \
+             inbound connection redirected from one of the proxy's own ports), detect_timeout \
+             (nothing decidable within the detect timeout), header_read_timeout",
+            refused.clone(),
+        );
+
         let conn = |dir| {
             let l = DirectionLabels { direction: dir };
             ConnectionMetrics {
@@ -166,6 +182,7 @@ impl Metrics {
             outbound: conn(Direction::Outbound),
             export,
             invalid_headers,
+            refused,
             registry: Arc::new(registry),
         }
     }
@@ -185,6 +202,14 @@ impl Metrics {
                 format: format.as_str(),
                 reason: reason.as_str(),
             })
+            .inc();
+    }
+
+    /// Counts one connection closed without being forwarded. `reason` is a static, bounded
+    /// label; this is the (rare) refusal path.
+    pub fn refused_connection(&self, direction: Direction, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { direction, reason })
             .inc();
     }
 

@@ -7,8 +7,10 @@
 //! run the same code with a different [`Direction`]; they differ only in how the target is
 //! resolved ([`inbound::target`], [`outbound::target`]) and in the span kind.
 
+mod conn;
 pub mod detect;
 pub mod forward;
+mod head;
 pub mod inbound;
 pub mod io;
 pub mod opaque;
@@ -29,8 +31,14 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Layer;
 
-pub use self::forward::{Clients, Forward, ForwardError, ProxyBody, Rescue, Target};
-use self::{detect::Protocol, io::PrefixedIo};
+pub use self::forward::{
+    Connector, Forward, ForwardError, ProxyBody, Rescue, Sanitize, SelfAddrs, StreamContext, Target,
+};
+use self::{
+    conn::{Activity, ConnGuard, Expired, Mode, Watched},
+    detect::Protocol,
+    io::PrefixedIo,
+};
 pub use crate::metrics::Direction;
 use crate::{
     config::Limits,
@@ -38,6 +46,14 @@ use crate::{
     metrics::Metrics,
     telemetry::{SpanKind, SpanLayer, Telemetry},
 };
+
+/// HTTP/2 limits per connection. Streams a client may open at once (Envoy and Go's default is
+/// 100-250; gRPC clients rarely need more); streams a client may reset before the proxy accepts
+/// them, and streams the proxy may reset for the client's protocol errors, before the connection
+/// is closed with ENHANCE_YOUR_CALM (the rapid-reset and "MadeYouReset" floods).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+const H2_MAX_PENDING_ACCEPT_RESETS: usize = 20;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// What the proxy listens on and where inbound traffic goes.
 #[derive(Debug, Clone)]
@@ -51,6 +67,8 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     pub routes: crate::config::routes::Routes,
     pub red_metrics: bool,
+    /// Destination ports relayed as opaque TCP without detection (server-first protocols).
+    pub opaque_ports: Vec<u16>,
 }
 
 /// The proxy's listeners, bound before anything else starts.
@@ -109,20 +127,31 @@ pub struct BindError {
 pub struct Shared {
     pub telemetry: Telemetry,
     pub metrics: Metrics,
-    pub clients: Clients,
+    pub connector: Connector,
     pub limits: Limits,
     pub app_addr: Option<SocketAddr>,
+    pub opaque_ports: Vec<u16>,
+}
+
+/// What one connection's request stack is built from.
+pub struct ConnParts<'a> {
+    pub direction: Direction,
+    pub shared: &'a Shared,
+    pub client: SocketAddr,
+    pub target: Target,
+    pub tracker: &'a TaskTracker,
+    pub guard: Arc<ConnGuard>,
+    pub h2: bool,
+    activity: Option<Arc<Activity>>,
+    ambiguous_first: bool,
 }
 
 /// The request stack for one connection. Read top to bottom: the order in which a request
-/// meets the layers. Errors are answered by [`Rescue`] below the span layer, so the span sees
-/// every response, synthesized or not, with the cause in an extension.
+/// meets the layers. Hop-by-hop headers go first, so the span layer's context is the last word;
+/// errors are answered by [`Rescue`] below the span layer, so the span sees every response,
+/// synthesized or not, with the cause in an extension.
 pub fn stack(
-    direction: Direction,
-    shared: &Shared,
-    client: SocketAddr,
-    target: Target,
-    tracker: &TaskTracker,
+    parts: ConnParts<'_>,
 ) -> impl tower::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<crate::telemetry::spans::ResponseBody<ProxyBody>>,
@@ -131,19 +160,28 @@ pub fn stack(
 > + Clone
        + Send
        + 'static {
-    let kind = match direction {
+    let kind = match parts.direction {
         Direction::Inbound => SpanKind::Server,
         Direction::Outbound => SpanKind::Client,
     };
-    let upstream = target.addr();
+    let shared = parts.shared;
+    let upstream = parts.target.addr();
+    let stream = StreamContext {
+        metrics: shared.metrics.connections(parts.direction).clone(),
+        tracker: parts.tracker.clone(),
+        guard: parts.guard,
+        idle_timeout: shared.limits.idle_timeout,
+    };
     let forward = Forward::new(
-        shared.clients.clone(),
-        target,
-        shared.limits,
-        shared.metrics.connections(direction).clone(),
-        tracker.clone(),
+        parts.direction,
+        parts.target,
+        shared.connector.clone(),
+        parts.h2,
+        stream,
+        parts.activity,
     );
-    SpanLayer::new(kind, shared.telemetry.clone(), client, upstream).layer(Rescue::new(forward))
+    let span = SpanLayer::new(kind, shared.telemetry.clone(), parts.client, upstream);
+    Sanitize::new(span.layer(Rescue::new(forward)), parts.ambiguous_first)
 }
 
 /// Accepts connections until `shutdown`, serving each on `tracker`.
@@ -154,7 +192,6 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let own = listener.local_addr().expect("bound listener");
     let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
     loop {
         // At the connection limit, stop accepting: clients wait in the kernel's backlog.
@@ -179,19 +216,17 @@ pub async fn serve(
         let conn_tracker = tracker.clone();
         tracker.spawn(async move {
             let open = shared.metrics.connections(direction).open.clone();
-            open.inc();
+            let guard = ConnGuard::new(open, Some(permit));
             serve_connection(
                 direction,
                 stream,
                 peer,
-                own,
                 &shared,
                 shutdown,
                 &conn_tracker,
+                guard,
             )
             .await;
-            open.dec();
-            drop(permit);
         });
     }
 }
@@ -200,63 +235,150 @@ async fn serve_connection(
     direction: Direction,
     mut stream: TcpStream,
     peer: SocketAddr,
-    own: SocketAddr,
     shared: &Shared,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
+    guard: Arc<ConnGuard>,
 ) {
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(own);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
     let orig_dst = io::original_dst(&stream, local);
+    let refuse = |reason: &'static str| {
+        shared.metrics.refused_connection(direction, reason);
+        tracing::debug!(%peer, ?orig_dst, reason, "connection refused");
+    };
+    // The inbound side only ever reaches the app: a connection redirected to it from one of the
+    // proxy's own ports (the outbound listener, say) would turn it into an open proxy.
+    if direction == Direction::Inbound
+        && orig_dst.is_some_and(|d| shared.connector.own.is_own_port(d.port()))
+    {
+        return refuse("own_port");
+    }
     let target = match direction {
         Direction::Inbound => inbound::target(shared.app_addr, orig_dst),
-        Direction::Outbound => outbound::target(orig_dst, own),
+        Direction::Outbound => outbound::target(orig_dst),
     };
-
-    let (protocol, prefix) = match detect_protocol(&mut stream, shared.limits.detect_timeout).await
+    let limits = &shared.limits;
+    if target
+        .addr()
+        .is_some_and(|a| shared.opaque_ports.contains(&a.port()))
     {
-        Ok(d) => d,
+        let io = PrefixedIo::new(bytes::Bytes::new(), stream);
+        return opaque::forward(io, target, shared, direction, guard).await;
+    }
+
+    let detected = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        d = detect_protocol(&mut stream, limits.detect_timeout) => d,
+    };
+    let (protocol, buf) = match detected {
+        Ok(Detected::Protocol(p, buf)) => (p, buf),
+        Ok(Detected::TimedOut) => return refuse("detect_timeout"),
+        Ok(Detected::Closed) => return,
         Err(error) => {
             tracing::debug!(%error, %peer, "connection closed during detection");
             return;
         }
     };
-    let io = PrefixedIo::new(prefix.freeze(), stream);
-    let limits = &shared.limits;
 
+    let parts = |h2, activity, ambiguous_first| ConnParts {
+        direction,
+        shared,
+        client: peer,
+        target: target.clone(),
+        tracker,
+        guard: guard.clone(),
+        h2,
+        activity: Some(activity),
+        ambiguous_first,
+    };
     match protocol {
         Protocol::Http1 => {
-            let svc = TowerToHyperService::new(stack(direction, shared, peer, target, tracker));
+            let activity =
+                Activity::new(Mode::Http1, limits.idle_timeout, limits.header_read_timeout);
+            activity.head_started();
+            let head = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                h = head::read_first(&mut stream, buf, limits) => h,
+            };
+            let (buf, ambiguous) = match head {
+                Ok(head::FirstHead::Read { buf, ambiguous }) => (buf, ambiguous),
+                Ok(head::FirstHead::TimedOut) => return refuse("header_read_timeout"),
+                Ok(head::FirstHead::Closed) => return,
+                Err(error) => {
+                    tracing::debug!(%error, %peer, "connection closed while reading a head");
+                    return;
+                }
+            };
+            let svc = TowerToHyperService::new(stack(parts(false, activity.clone(), ambiguous)));
+            let io = Watched::new(PrefixedIo::new(buf.freeze(), stream), activity.clone());
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
+                // The connection's watchdog applies the head deadline from a head's first
+                // byte, and the idle timeout between requests (hyper's would start at idle).
+                .header_read_timeout(None)
                 .max_buf_size(limits.max_header_bytes.max(8192))
                 .max_header_size(limits.max_header_bytes);
             let conn = builder
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
-            let res = until_shutdown(conn, &shutdown, |c| c.graceful_shutdown()).await;
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                why = activity.expired() => {
+                    if why == Expired::HeaderRead {
+                        refuse("header_read_timeout");
+                    }
+                    tracing::debug!(?why, %peer, "closing http/1 connection");
+                    return;
+                }
+            };
             if let Err(error) = res {
                 tracing::debug!(%error, %peer, "http/1 connection error");
             }
         }
         Protocol::Http2 => {
-            let svc = TowerToHyperService::new(stack(direction, shared, peer, target, tracker));
+            let activity =
+                Activity::new(Mode::Http2, limits.idle_timeout, limits.header_read_timeout);
+            let svc = TowerToHyperService::new(stack(parts(true, activity.clone(), false)));
+            let io = PrefixedIo::new(buf.freeze(), stream);
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
+                .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
                 .keep_alive_interval(Some(limits.idle_timeout / 2))
                 .keep_alive_timeout(Duration::from_secs(20));
             let conn = builder.serve_connection(TokioIo::new(io), svc);
-            let res = until_shutdown(conn, &shutdown, |c| c.graceful_shutdown()).await;
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                why = activity.expired() => {
+                    tracing::debug!(?why, %peer, "closing http/2 connection");
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
             if let Err(error) = res {
                 tracing::debug!(%error, %peer, "http/2 connection error");
             }
         }
         Protocol::Tls | Protocol::Opaque => {
-            opaque::forward(io, target, shared, direction).await;
+            let io = PrefixedIo::new(buf.freeze(), stream);
+            opaque::forward(io, target, shared, direction, guard).await;
         }
     }
 }
@@ -281,30 +403,30 @@ where
     }
 }
 
-/// Reads until [`detect::detect`] decides, the detection buffer is full, the client closes its
-/// side, or `timeout` passes (server-first protocols say nothing: they are opaque).
-async fn detect_protocol(
-    stream: &mut TcpStream,
-    timeout: Duration,
-) -> std::io::Result<(Protocol, BytesMut)> {
+/// What detection made of a connection's first bytes.
+enum Detected {
+    Protocol(Protocol, BytesMut),
+    /// Nothing decidable within the detect timeout: closed, never relayed.
+    TimedOut,
+    /// The client closed before anything decidable.
+    Closed,
+}
+
+/// Reads until [`detect::detect`] decides, the client closes its side, or `timeout` passes.
+async fn detect_protocol(stream: &mut TcpStream, timeout: Duration) -> std::io::Result<Detected> {
     let mut buf = BytesMut::with_capacity(detect::MAX_DETECT_BYTES);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(p) = detect::detect(&buf, false) {
-            return Ok((p, buf));
-        }
-        if buf.len() >= detect::MAX_DETECT_BYTES {
-            break;
+        if let Some(p) = detect::detect(&buf) {
+            return Ok(Detected::Protocol(p, buf));
         }
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_elapsed) => break,
-            Ok(Ok(0)) => break,
+            Err(_elapsed) => return Ok(Detected::TimedOut),
+            Ok(Ok(0)) => return Ok(Detected::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
     }
-    let p = detect::detect(&buf, true).unwrap_or(Protocol::Opaque);
-    Ok((p, buf))
 }
 
 /// A started proxy: listeners bound, admin ready, traffic flowing.
@@ -350,9 +472,21 @@ pub async fn start(
     let shared = Arc::new(Shared {
         telemetry,
         metrics: metrics.clone(),
-        clients: Clients::new(&config.limits),
+        connector: Connector {
+            connect_timeout: config.limits.connect_timeout,
+            response_timeout: config.limits.response_timeout,
+            own: SelfAddrs::new(
+                [
+                    bound.inbound.port(),
+                    bound.outbound.port(),
+                    bound.admin.port(),
+                ],
+                SelfAddrs::interface_ips(),
+            ),
+        },
         limits: config.limits,
         app_addr: config.app_addr,
+        opaque_ports: config.opaque_ports.clone(),
     });
 
     let shutdown = CancellationToken::new();

@@ -107,7 +107,10 @@ async fn hung_app_gets_504_after_the_response_timeout_and_an_error_span() {
     assert_eq!(s.status_code, SpanStatus::Error, "{s:?}");
     assert_eq!(
         s.status_message,
-        format!("no response headers from {} within 200ms", app.addr())
+        format!(
+            "no response headers from {} within 200ms of the request's end",
+            app.addr()
+        )
     );
     assert_eq!(s.attr_str("error.type"), Some("timeout"));
     assert_eq!(s.attr_int("http.response.status_code"), Some(504));

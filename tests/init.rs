@@ -137,6 +137,7 @@ fn init_redirects_a_pods_traffic_through_the_proxy_idempotently() {
         "-A PREROUTING -p tcp -j TRACEMESH_INBOUND",
         "-A OUTPUT -p tcp -j TRACEMESH_OUTBOUND",
         "-A TRACEMESH_INBOUND -p tcp -m tcp --dport 4191 -j RETURN",
+        "-A TRACEMESH_INBOUND -p tcp -m tcp --dport 4140 -j RETURN",
         "-A TRACEMESH_INBOUND -p tcp -m tcp --dport 2222 -j RETURN",
         "-A TRACEMESH_INBOUND -p tcp -j REDIRECT --to-ports 4143",
         "-A TRACEMESH_OUTBOUND -m owner --uid-owner 1337 -j RETURN",

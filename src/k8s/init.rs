@@ -93,8 +93,11 @@ pub fn ruleset(args: &InitArgs, jumps_present: (bool, bool)) -> String {
     if !jumps_present.1 {
         let _ = writeln!(r, "-A OUTPUT -p tcp -j {OUTBOUND_CHAIN}");
     }
-    // Inbound: everything arriving for the pod, except the admin port and skipped ports.
-    let mut inbound_skips = vec![args.admin_port, args.inbound_port];
+    // Inbound: everything arriving for the pod, except the proxy's own ports and skipped
+    // ports. The outbound port must never be reachable from outside the pod: redirected to the
+    // inbound listener it would be refused there too (defence in depth), and left alone it
+    // reaches nothing, since the outbound listener binds loopback.
+    let mut inbound_skips = vec![args.admin_port, args.inbound_port, args.outbound_port];
     inbound_skips.extend(&args.skip_inbound_ports);
     for port in inbound_skips {
         let _ = writeln!(r, "-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN");
@@ -259,6 +262,7 @@ mod tests {
 -A OUTPUT -p tcp -j TRACEMESH_OUTBOUND
 -A TRACEMESH_INBOUND -p tcp --dport 4191 -j RETURN
 -A TRACEMESH_INBOUND -p tcp --dport 4143 -j RETURN
+-A TRACEMESH_INBOUND -p tcp --dport 4140 -j RETURN
 -A TRACEMESH_INBOUND -p tcp --dport 22 -j RETURN
 -A TRACEMESH_INBOUND -p tcp --dport 9000 -j RETURN
 -A TRACEMESH_INBOUND -p tcp -j REDIRECT --to-ports 4143

@@ -1,17 +1,22 @@
-//! Inbound: traffic entering the pod, forwarded to the app on loopback. The span is a SERVER
-//! span; the stack is [`super::stack`] with [`super::Direction::Inbound`].
+//! Inbound: traffic entering the pod, forwarded to the app. The span is a SERVER span; the
+//! stack is [`super::stack`] with [`super::Direction::Inbound`].
+//!
+//! The destination is never taken from the request. Behind `tracemesh init` it is the
+//! connection's original destination, the pod's own address and the port the client dialled, so
+//! a port the app bound only to loopback stays private to the pod (as in Istio since 1.10);
+//! `--app-addr` overrides it. A connection whose original destination is one of the proxy's own
+//! ports is refused before this is asked (see `serve_connection`).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::Target;
 
-/// Where an inbound connection's requests go: the configured app address, else the app on
-/// loopback at the port the client originally dialled (transparent mode behind `tracemesh
-/// init`). Without either there is nowhere to go, and requests get 400.
+/// Where an inbound connection's requests go: the configured app address, else the original
+/// destination. Without either there is nowhere to go, and requests get 400.
 pub fn target(app_addr: Option<SocketAddr>, orig_dst: Option<SocketAddr>) -> Target {
     match (app_addr, orig_dst) {
-        (Some(app), _) => Target::fixed(app),
-        (None, Some(orig)) => Target::fixed(SocketAddr::from((Ipv4Addr::LOCALHOST, orig.port()))),
+        (Some(app), _) => Target::Fixed { addr: app },
+        (None, Some(orig)) => Target::Fixed { addr: orig },
         (None, None) => Target::Nowhere,
     }
 }
@@ -28,12 +33,9 @@ mod tests {
     }
 
     #[test]
-    fn transparent_mode_goes_to_loopback_at_the_original_port() {
+    fn transparent_mode_goes_to_the_pod_address_the_client_dialled() {
         let orig: SocketAddr = "10.0.0.7:9090".parse().unwrap();
-        assert_eq!(
-            target(None, Some(orig)).addr(),
-            Some("127.0.0.1:9090".parse().unwrap())
-        );
+        assert_eq!(target(None, Some(orig)).addr(), Some(orig));
         assert!(matches!(target(None, None), Target::Nowhere));
     }
 }

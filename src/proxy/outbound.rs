@@ -2,19 +2,19 @@
 //! with [`super::Direction::Outbound`].
 //!
 //! On a connection iptables redirected to us, the original destination wins (transparent
-//! mode). Otherwise each request names its destination: an absolute-form URI (the app uses us
-//! as its `http_proxy`) or, for origin-form, the `Host` header (explicit mode).
+//! mode). Otherwise each request names its destination: an absolute-form URI or `CONNECT` (the
+//! app uses us as its `http_proxy`) or, for origin-form, the `Host` header (explicit mode).
+//! Either way the destination passes the loop check at connect time.
 
 use std::net::SocketAddr;
 
 use super::Target;
 
-/// Where an outbound connection's requests go. `own` is the outbound listener's address, used to
-/// refuse requests that would loop back into it.
-pub fn target(orig_dst: Option<SocketAddr>, own: SocketAddr) -> Target {
+/// Where an outbound connection's requests go.
+pub fn target(orig_dst: Option<SocketAddr>) -> Target {
     match orig_dst {
-        Some(dst) if dst != own => Target::fixed(dst),
-        _ => Target::FromRequest { own },
+        Some(addr) => Target::Fixed { addr },
+        None => Target::FromRequest,
     }
 }
 
@@ -24,9 +24,8 @@ mod tests {
 
     #[test]
     fn redirected_connection_goes_to_its_original_destination() {
-        let own: SocketAddr = "127.0.0.1:4140".parse().unwrap();
         let dst: SocketAddr = "10.0.0.9:80".parse().unwrap();
-        assert_eq!(target(Some(dst), own).addr(), Some(dst));
-        assert!(matches!(target(None, own), Target::FromRequest { .. }));
+        assert_eq!(target(Some(dst)).addr(), Some(dst));
+        assert!(matches!(target(None), Target::FromRequest));
     }
 }

@@ -360,6 +360,11 @@ pub fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanData {
 /// a server fault, the client on any non-OK code.
 fn span_status(r: &SpanRecord) -> (Status, Option<String>) {
     match &r.outcome {
+        // The client's own fault (ambiguous framing, a broken body) is a 4xx: not a server
+        // error, as for any 4xx a server answers.
+        Outcome::Failed(e) if e.kind().is_client_fault() && r.kind == SpanKind::Server => {
+            return (Status::Unset, Some(e.kind_str().to_owned()))
+        }
         Outcome::Failed(e) => return (Status::error(e.to_string()), Some(e.kind_str().to_owned())),
         Outcome::BodyError => {
             return (

@@ -1,0 +1,347 @@
+//! Per-connection bookkeeping: the guard that holds a connection's slot in `--max-connections`
+//! and the open-connections gauge for as long as anything of it lives (upgraded streams and
+//! `CONNECT` tunnels included), and [`Activity`], which decides when a connection is idle or
+//! has been too slow to send a request head.
+//!
+//! Nothing here reads the clock per byte on HTTP connections: the clock is read when a request
+//! head starts (its first byte after an idle period), when a request ends, and when the
+//! watchdog wakes. Opaque relays, which have no request boundaries, note the time of each read.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{Notify, OwnedSemaphorePermit},
+    time::Instant,
+};
+
+/// Holds one connection's place: its permit of the listener's `--max-connections` and its unit
+/// of `tracemesh_open_connections`, both given back when the last holder drops it. The
+/// connection task holds it, and so does every upgraded stream or tunnel that outlives the
+/// connection's HTTP phase.
+pub struct ConnGuard {
+    open: Gauge,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+// === impl ConnGuard ===
+
+impl ConnGuard {
+    pub fn new(open: Gauge, permit: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+        open.inc();
+        Arc::new(ConnGuard {
+            open,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// What a connection's watchdog decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No request in flight and nothing received for `--idle-timeout`.
+    Idle,
+    /// A request head started arriving and was not complete within `--header-read-timeout`.
+    HeaderRead,
+}
+
+/// How a connection's activity is observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// HTTP/1: idle between requests, with a head deadline once a head's first byte arrives.
+    Http1,
+    /// HTTP/2: idle while no stream is open. Frames between streams (PING, SETTINGS) do not
+    /// start a head deadline.
+    Http2,
+    /// Opaque bytes: idle when nothing moved either way.
+    Bytes,
+}
+
+/// Shared by a connection's I/O wrapper ([`Watched`]), its requests ([`InFlight`]) and its
+/// watchdog ([`Activity::expired`]).
+pub struct Activity {
+    mode: Mode,
+    epoch: Instant,
+    idle_timeout: Duration,
+    header_read_timeout: Duration,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` of the last request end (or, for opaque bytes, the last read).
+    last: AtomicU64,
+    /// Milliseconds since `epoch` + 1 when the current head's first byte arrived; 0 for none.
+    head_started: AtomicU64,
+    wake: Notify,
+}
+
+// === impl Activity ===
+
+impl Activity {
+    pub fn new(mode: Mode, idle_timeout: Duration, header_read_timeout: Duration) -> Arc<Self> {
+        Arc::new(Activity {
+            mode,
+            epoch: Instant::now(),
+            idle_timeout,
+            header_read_timeout,
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            wake: Notify::new(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// The first bytes of a request head are here (detection read them): its deadline runs.
+    pub fn head_started(&self) {
+        if self.mode == Mode::Http1 {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    fn on_read(&self) {
+        match self.mode {
+            Mode::Http1 => {
+                if self.in_flight.load(Ordering::Acquire) == 0
+                    && self.head_started.load(Ordering::Acquire) == 0
+                {
+                    self.head_started();
+                }
+            }
+            Mode::Http2 => {}
+            Mode::Bytes => self.last.store(self.now_ms(), Ordering::Release),
+        }
+    }
+
+    /// A request's head was parsed and the request is being served: the connection is busy
+    /// until the returned guard drops (with the response body).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has expired. Cancel-safe: drop it to stop watching.
+    pub async fn expired(&self) -> Expired {
+        loop {
+            let now = self.now_ms();
+            let (deadline, why) = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // A request is being served, however long it streams: look again later.
+                (now + millis(self.idle_timeout), None)
+            } else {
+                match self.head_started.load(Ordering::Acquire) {
+                    0 => (
+                        self.last.load(Ordering::Acquire) + millis(self.idle_timeout),
+                        Some(Expired::Idle),
+                    ),
+                    started => (
+                        started - 1 + millis(self.header_read_timeout),
+                        Some(Expired::HeaderRead),
+                    ),
+                }
+            };
+            if let Some(why) = why {
+                if now >= deadline {
+                    return why;
+                }
+            }
+            let at = self.epoch + Duration::from_millis(deadline.max(now + 1));
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// One request being served on a connection; dropping it ends the request's claim.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last.store(a.now_ms(), Ordering::Release);
+        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.wake.notify_one();
+        }
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlight")
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O stream whose reads are reported to an [`Activity`].
+    pub struct Watched<T> {
+        #[pin]
+        io: T,
+        activity: Arc<Activity>,
+        read: u64,
+    }
+}
+
+impl<T> Watched<T> {
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        Watched {
+            io,
+            activity,
+            read: 0,
+        }
+    }
+
+    /// Bytes read through this wrapper so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.io.poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
+            *this.read += n as u64;
+            this.activity.on_read();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const HEAD: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_expires_at_the_idle_timeout_not_the_head_timeout() {
+        let a = Activity::new(Mode::Http1, IDLE, HEAD);
+        drop(a.begin());
+        let start = Instant::now();
+        assert_eq!(a.expired().await, Expired::Idle);
+        let waited = start.elapsed();
+        assert!(
+            waited >= IDLE && waited < IDLE + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_head_must_complete_within_the_header_read_timeout() {
+        let a = Activity::new(Mode::Http1, IDLE, HEAD);
+        let watch = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired().await })
+        };
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        a.on_read();
+        let start = Instant::now();
+        assert_eq!(watch.await.unwrap(), Expired::HeaderRead);
+        let waited = start.elapsed();
+        assert!(
+            waited >= HEAD && waited < HEAD + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_is_never_idle() {
+        let a = Activity::new(Mode::Http1, IDLE, HEAD);
+        let req = a.begin();
+        let watch = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired().await })
+        };
+        tokio::time::sleep(IDLE * 3).await;
+        assert!(!watch.is_finished());
+        drop(req);
+        let start = Instant::now();
+        assert_eq!(watch.await.unwrap(), Expired::Idle);
+        assert!(start.elapsed() >= IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opaque_bytes_push_the_idle_deadline() {
+        let a = Activity::new(Mode::Bytes, IDLE, HEAD);
+        let watch = {
+            let a = a.clone();
+            tokio::spawn(async move { a.expired().await })
+        };
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        a.on_read();
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert!(!watch.is_finished(), "bytes moved 50 s ago");
+        assert_eq!(watch.await.unwrap(), Expired::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_between_streams_start_no_head_deadline() {
+        let a = Activity::new(Mode::Http2, IDLE, HEAD);
+        a.on_read();
+        let start = Instant::now();
+        assert_eq!(a.expired().await, Expired::Idle);
+        assert!(start.elapsed() >= IDLE);
+    }
+}

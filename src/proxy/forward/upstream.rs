@@ -1,0 +1,250 @@
+//! Upstream connections. Each downstream connection owns its upstream connection ([`Upstream`]):
+//! HTTP/1 requests of one downstream connection are sequential, so they reuse one HTTP/1
+//! connection; HTTP/2 streams of one downstream connection share one HTTP/2 connection. There is
+//! no global pool to check out from, so a request's `Host`/`:authority` is free to be whatever the
+//! client sent while the bytes go to the address the connection was resolved to, and an upstream
+//! connection never outlives the downstream one that opened it.
+//!
+//! [`Connector`] opens connections: it resolves the destination, refuses any address that is
+//! the proxy itself ([`super::SelfAddrs`], 508), and connects with `--connect-timeout`.
+
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
+
+use http::{uri::Authority, Request, Response};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::{
+    body::{BodyState, RequestBody},
+    target::{Destination, SelfAddrs},
+    ForwardError,
+};
+
+/// Opens upstream connections (see the module docs). Shared by every connection.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub own: SelfAddrs,
+}
+
+// === impl Connector ===
+
+impl Connector {
+    /// Resolves `dest` and connects to the first address that accepts.
+    ///
+    /// # Errors
+    /// [`ForwardError::Loop`] before any connection is attempted, or the last connect failure.
+    pub async fn connect(
+        &self,
+        dest: &Destination,
+    ) -> Result<(TcpStream, SocketAddr), ForwardError> {
+        let addrs = self.own.resolve(dest).await?;
+        let mut last = None;
+        for addr in addrs {
+            let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr));
+            match connect.await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, addr));
+                }
+                Ok(Err(e)) => last = Some(ForwardError::from_connect(dest.authority(), e)),
+                Err(_) => {
+                    last = Some(ForwardError::ConnectTimeout {
+                        addr: dest.authority(),
+                        after: self.connect_timeout,
+                    })
+                }
+            }
+        }
+        Err(last.expect("resolve returns at least one address"))
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+/// An idle (HTTP/1) or shared (HTTP/2) upstream connection and what it was opened for.
+struct Pooled {
+    dest: DestKey,
+    sender: Sender,
+}
+
+/// What an upstream connection may be reused for: the same fixed address, or the same named
+/// authority (explicit mode; resolved once, when the connection opened).
+#[derive(Clone, PartialEq, Eq)]
+enum DestKey {
+    Addr(SocketAddr),
+    Name(Authority),
+}
+
+impl From<&Destination> for DestKey {
+    fn from(d: &Destination) -> Self {
+        match d {
+            Destination::Addr(a) => DestKey::Addr(*a),
+            Destination::Name(a) => DestKey::Name(a.clone()),
+        }
+    }
+}
+
+/// One downstream connection's upstream connection (see the module docs).
+pub struct Upstream {
+    connector: Connector,
+    h2: bool,
+    slot: Mutex<Option<Pooled>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("h2", &self.h2).finish()
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    pub fn new(connector: Connector, h2: bool) -> Self {
+        Upstream {
+            connector,
+            h2,
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// Sends `req` to `dest` and waits for the response headers: at most `--response-timeout`
+    /// once the request body has been sent whole (`body` says when).
+    ///
+    /// # Errors
+    /// Connection failures, [`ForwardError::Timeout`], [`ForwardError::ClientBody`] when the
+    /// client's body failed, else [`ForwardError::Upstream`].
+    pub async fn send(
+        &self,
+        dest: &Destination,
+        req: Request<RequestBody>,
+        body: &BodyState,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let key = DestKey::from(dest);
+        let (sender, fresh) = match self.checkout(&key) {
+            Some(Sender::H1(mut tx)) => match tx.ready().await {
+                Ok(()) => (Sender::H1(tx), false),
+                // Closed while idle (the upstream said `Connection: close`, or timed out):
+                // nothing was sent on it, so a new connection is safe.
+                Err(_) => (self.open(dest).await?, true),
+            },
+            Some(h2) => (h2, false),
+            None => (self.open(dest).await?, true),
+        };
+        let res = match sender {
+            Sender::H1(mut tx) => {
+                let fut = tx.send_request(req);
+                self.checkin(key, Sender::H1(tx));
+                wait_response(fut, body, self.connector.response_timeout).await
+            }
+            Sender::H2(mut tx) => {
+                let fut = tx.send_request(req);
+                if fresh {
+                    self.checkin(key, Sender::H2(tx));
+                }
+                wait_response(fut, body, self.connector.response_timeout).await
+            }
+        };
+        res.map_err(|e| match e {
+            WaitError::Timeout(after) => ForwardError::Timeout {
+                addr: dest.authority(),
+                after,
+            },
+            WaitError::Hyper(_) if body.client_failed() => {
+                ForwardError::ClientBody { source: None }
+            }
+            WaitError::Hyper(source) => ForwardError::Upstream {
+                addr: dest.authority(),
+                source: std::sync::Arc::new(source),
+            },
+        })
+    }
+
+    fn checkout(&self, key: &DestKey) -> Option<Sender> {
+        let mut slot = self.slot.lock().expect("upstream slot poisoned");
+        let pooled = slot.as_ref()?;
+        if pooled.dest != *key {
+            return None;
+        }
+        match &pooled.sender {
+            Sender::H1(tx) if !tx.is_closed() => slot.take().map(|p| p.sender),
+            Sender::H2(tx) if !tx.is_closed() => Some(Sender::H2(tx.clone())),
+            _ => {
+                *slot = None;
+                None
+            }
+        }
+    }
+
+    fn checkin(&self, dest: DestKey, sender: Sender) {
+        *self.slot.lock().expect("upstream slot poisoned") = Some(Pooled { dest, sender });
+    }
+
+    /// A new connection to `dest`, ready for a request.
+    async fn open(&self, dest: &Destination) -> Result<Sender, ForwardError> {
+        let (stream, _addr) = self.connector.connect(dest).await?;
+        let io = TokioIo::new(stream);
+        let failed = |source| ForwardError::Upstream {
+            addr: dest.authority(),
+            source: std::sync::Arc::new(source),
+        };
+        if self.h2 {
+            let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .handshake(io)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(error) = conn.await {
+                    tracing::debug!(%error, "upstream http/2 connection ended");
+                }
+            });
+            tx.ready().await.map_err(failed)?;
+            Ok(Sender::H2(tx))
+        } else {
+            let (mut tx, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+            tokio::spawn(async move {
+                if let Err(error) = conn.with_upgrades().await {
+                    tracing::debug!(%error, "upstream http/1 connection ended");
+                }
+            });
+            tx.ready().await.map_err(failed)?;
+            Ok(Sender::H1(tx))
+        }
+    }
+}
+
+enum WaitError {
+    Timeout(Duration),
+    Hyper(hyper::Error),
+}
+
+/// The response headers, waiting at most `timeout` after the body has been sent.
+async fn wait_response(
+    fut: impl std::future::Future<Output = Result<Response<Incoming>, hyper::Error>>,
+    body: &BodyState,
+    timeout: Duration,
+) -> Result<Response<Incoming>, WaitError> {
+    tokio::pin!(fut);
+    tokio::select! {
+        biased;
+        r = &mut fut => return r.map_err(WaitError::Hyper),
+        () = body.ended() => {}
+    }
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(WaitError::Hyper),
+        Err(_) => Err(WaitError::Timeout(timeout)),
+    }
+}
