@@ -322,6 +322,27 @@ impl EchoClient {
             .into_inner())
     }
 
+    /// [`EchoClient::client_stream`] with a pause of `every` before each message: a client
+    /// stream that lasts `messages.len() × every`.
+    pub async fn client_stream_paced(
+        &mut self,
+        messages: Vec<Bytes>,
+        every: Duration,
+    ) -> Result<Bytes, Status> {
+        self.ready().await?;
+        let paced = stream::iter(messages).then(move |m| async move {
+            tokio::time::sleep(every).await;
+            m
+        });
+        let req = with_metadata(paced, &[]);
+        let path = PathAndQuery::from_static(ECHO_CLIENT_STREAM);
+        Ok(self
+            .grpc
+            .client_streaming(req, path, BytesCodec)
+            .await?
+            .into_inner())
+    }
+
     /// Each of `messages` echoed, in order.
     pub async fn bidi(
         &mut self,
