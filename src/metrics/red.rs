@@ -9,7 +9,9 @@
 //!
 //! Cardinality is bounded by construction: methods fold to the semantic conventions' list plus
 //! `_OTHER`, routes are configured templates plus `_unmatched`, gRPC method names are interned
-//! up to [`MAX_GRPC_METHODS`] and fold to `_other` beyond, status codes are numbers in 100..=599.
+//! up to [`MAX_GRPC_METHODS`] and fold to `_other` beyond (as does a service or method name
+//! longer than [`MAX_GRPC_LABEL_BYTES`]), status codes are numbers in 100..=599. So `/metrics`
+//! stays small whatever paths clients send.
 
 use std::{
     collections::HashMap,
@@ -46,6 +48,14 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 
 /// Distinct gRPC `service/method` pairs given their own label values; more fold to `_other`.
 pub const MAX_GRPC_METHODS: usize = 256;
+
+/// Longest gRPC service or method name, in bytes, kept as a label value. Real names are
+/// identifiers (`grpc.health.v1.Health`, `Check`) far below this; anything longer is a client
+/// writing to our scrape: each label value is repeated on every histogram line of its series,
+/// so without a length bound [`MAX_GRPC_METHODS`] 60 KB names would make every scrape hundreds
+/// of megabytes. A path with either part over the bound is [`GrpcMethod::OTHER`] and takes no
+/// slot in the table.
+pub const MAX_GRPC_LABEL_BYTES: usize = 128;
 
 const OTHER: &str = "_other";
 
@@ -213,8 +223,9 @@ impl Red {
             .observe(duration.as_secs_f64(), exemplar, ts);
     }
 
-    /// The interned labels for a gRPC path `/pkg.Service/Method`. Bounded: past
-    /// [`MAX_GRPC_METHODS`] distinct methods, new ones are `_other`.
+    /// The interned labels for a gRPC path `/pkg.Service/Method`. Bounded in number and length:
+    /// past [`MAX_GRPC_METHODS`] distinct methods new ones are `_other`, and so is a path whose
+    /// service or method is longer than [`MAX_GRPC_LABEL_BYTES`].
     pub fn grpc_method(&self, path: &str) -> GrpcMethod {
         if let Some(m) = self
             .grpc_methods
@@ -228,6 +239,9 @@ impl Red {
         let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
             return other;
         };
+        if service.len() > MAX_GRPC_LABEL_BYTES || method.len() > MAX_GRPC_LABEL_BYTES {
+            return other;
+        }
         let mut table = self.grpc_methods.write().expect("grpc table poisoned");
         if let Some(m) = table.get(path) {
             return *m;
@@ -359,6 +373,32 @@ mod tests {
         assert_eq!(red.grpc_methods.read().unwrap().len(), MAX_GRPC_METHODS);
         assert_eq!(red.grpc_method("/pkg.Svc/Unseen").method, "_other");
         assert_eq!(red.grpc_method("not-grpc").service, "_other");
+    }
+
+    #[test]
+    fn grpc_names_longer_than_the_bound_fold_to_other_and_take_no_slot() {
+        let mut registry = Registry::default();
+        let red = Red::register(&mut registry);
+        let at_bound = "m".repeat(MAX_GRPC_LABEL_BYTES);
+        let over = "m".repeat(MAX_GRPC_LABEL_BYTES + 1);
+
+        let kept = red.grpc_method(&format!("/{at_bound}/{at_bound}"));
+        assert_eq!((kept.service, kept.method), (&at_bound[..], &at_bound[..]));
+        for path in [
+            format!("/pkg.Svc/{over}"),
+            format!("/{over}/Do"),
+            format!("/{over}/{over}"),
+            format!("/pkg.Svc/{}", "x".repeat(60 * 1024)),
+        ] {
+            assert_eq!(red.grpc_method(&path), GrpcMethod::OTHER, "{}", path.len());
+        }
+        assert_eq!(red.grpc_methods.read().unwrap().len(), 1);
+
+        // Over-long paths never fill the table: a real method seen after them is still named.
+        for i in 0..MAX_GRPC_METHODS + 10 {
+            red.grpc_method(&format!("/pkg.Svc/{over}{i}"));
+        }
+        assert_eq!(red.grpc_method("/pkg.Svc/Do").method, "Do");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`echo`]: opaque TCP echo and WebSocket echo, with a WebSocket client.
 //! - [`grpc`]: a gRPC server (health + a raw-bytes echo with every call shape) and its clients.
 //! - [`serve`]: the accept loops behind every peer, for a test that needs a peer of its own.
+//! - [`recorder`]: a raw TCP app that keeps every byte the proxy wrote to it, per connection.
 //!
 //! Every peer binds `127.0.0.1:0` and stops on `Drop`, connections included. Nothing here sleeps
 //! as a way of waiting: waits poll a condition until a deadline, then panic saying what they saw.
@@ -21,6 +22,7 @@ pub mod echo;
 pub mod grpc;
 pub mod otlp;
 pub mod process;
+pub mod recorder;
 pub mod serve;
 
 use std::{future::Future, time::Duration};
