@@ -25,7 +25,9 @@
 //! What runs in the hosts, and what is asserted, belongs to each test. `Drop` kills and reaps
 //! every spawned process, kills anything else still running in the namespaces, and deletes the
 //! root-side link and the namespaces, pass or fail; on failure it first prints the tail of every
-//! log and the NAT rules, with counters, of every host that ran `tracemesh init`.
+//! log and the NAT rules, with counters, of every host that ran `tracemesh init`
+//! (`netns/teardown.rs`). Commands run to completion are bounded and killed if they outlive it
+//! (`netns/command.rs`).
 
 use std::{
     ffi::OsStr,
@@ -43,16 +45,18 @@ use http::{Method, StatusCode};
 
 use super::{client, process::BIN, DEADLINE};
 
-/// Bounds every command run to completion (an `ip` call, a `curl`, `tracemesh init`).
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+mod command;
+mod teardown;
+
+use self::command::clone_command;
+pub use self::command::{ip, output, run};
+
 /// The root namespace's host number on the bridge, with [`NetBuilder::root_link`].
 pub const ROOT_OCTET: u8 = 1;
 /// The first named host's host number; the next ones follow in the order they were named.
 pub const FIRST_HOST_OCTET: u8 = 10;
 /// The namespace that holds the bridge: not a host name.
 const BRIDGE_NS: &str = "net";
-/// Bytes of each log printed on failure; the whole files stay in [`Net::dir`].
-const LOG_TAIL_BYTES: usize = 32 * 1024;
 
 /// Root-side link names made by this process, so two tests of one binary never clash.
 static LINKS: AtomicU32 = AtomicU32::new(0);
@@ -298,7 +302,7 @@ impl Net {
         cmd
     }
 
-    /// Runs `args` in `host` to completion within [`COMMAND_TIMEOUT`]; returns its stdout.
+    /// Runs `args` in `host` to completion within [`command::COMMAND_TIMEOUT`]; returns its stdout.
     ///
     /// # Panics
     /// See [`run`].
@@ -310,7 +314,7 @@ impl Net {
         run(self.command(host, args).into()).await
     }
 
-    /// Runs `args` in `host` within [`COMMAND_TIMEOUT`], whatever its exit status.
+    /// Runs `args` in `host` within [`command::COMMAND_TIMEOUT`], whatever its exit status.
     ///
     /// # Panics
     /// See [`output`].
@@ -495,135 +499,6 @@ fn curl_status(net: &Net, host: &str, url: &str) -> std::process::Command {
             url,
         ],
     )
-}
-
-/// A fresh tokio command with `cmd`'s program, arguments and environment changes.
-fn clone_command(cmd: &std::process::Command) -> tokio::process::Command {
-    let mut copy = tokio::process::Command::new(cmd.get_program());
-    copy.args(cmd.get_args())
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(v) => copy.env(key, v),
-            None => copy.env_remove(key),
-        };
-    }
-    copy
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        if failed {
-            for s in &self.spawned {
-                for path in [&s.stderr, &s.stdout] {
-                    eprintln!("--- {} ---\n{}", path.display(), tail(path));
-                }
-            }
-            for host in &self.inited {
-                let rules = std::process::Command::new("ip")
-                    .args(["netns", "exec", &self.ns(host), "iptables-save", "-c", "-t"])
-                    .arg("nat")
-                    .output();
-                if let Ok(out) = rules {
-                    let rules = String::from_utf8_lossy(&out.stdout);
-                    eprintln!("--- {host} NAT rules ---\n{rules}");
-                }
-            }
-        }
-        for s in &mut self.spawned {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
-        }
-        let quiet = |args: &[&str]| {
-            let _ = std::process::Command::new("ip")
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
-        if let Some(link) = &self.root_link {
-            quiet(&["link", "del", link]);
-        }
-        for ns in self.namespaces.iter().rev() {
-            // Anything still running inside (a curl, a stray child of an app) goes first.
-            if let Ok(out) = std::process::Command::new("ip")
-                .args(["netns", "pids", ns])
-                .stderr(Stdio::null())
-                .output()
-            {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-KILL", pid])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-            quiet(&["netns", "del", ns]);
-        }
-        if let Ok(mut taken) = SUBNETS.lock() {
-            taken.retain(|n| *n != self.subnet);
-        }
-        if failed {
-            eprintln!("[{}] logs kept in {}", self.tag, self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// The last [`LOG_TAIL_BYTES`] of a log, saying how much came before.
-fn tail(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    if start == 0 {
-        text.into_owned()
-    } else {
-        format!("[{start} bytes before this omitted]\n{text}")
-    }
-}
-
-/// Runs `cmd` to completion within [`COMMAND_TIMEOUT`]; returns its stdout.
-///
-/// # Panics
-/// If it cannot start, outlives the timeout (it is killed), or fails; with its stderr.
-pub async fn run(cmd: tokio::process::Command) -> String {
-    let shown = format!("{:?}", cmd.as_std());
-    let out = output(cmd).await;
-    assert!(
-        out.status.success(),
-        "{shown}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `cmd` to completion within [`COMMAND_TIMEOUT`], whatever its exit status.
-///
-/// # Panics
-/// If it cannot start or outlives the timeout (it is killed).
-pub async fn output(mut cmd: tokio::process::Command) -> Output {
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
-    let shown = format!("{:?}", cmd.as_std());
-    tokio::time::timeout(COMMAND_TIMEOUT, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{shown}: still running after {COMMAND_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{shown}: {e}"))
-}
-
-/// `ip args..` in the root namespace.
-///
-/// # Panics
-/// See [`run`].
-pub async fn ip(args: &[&str]) -> String {
-    let mut cmd = tokio::process::Command::new("ip");
-    cmd.args(args);
-    run(cmd).await
 }
 
 /// A `N` for 198.19.N.0/24 that no route of the root namespace mentions yet and no other net of
