@@ -11,8 +11,10 @@
 //! - [`grpc`]: a gRPC server (health + a raw-bytes echo with every call shape) and its clients.
 //! - [`serve`]: the accept loops behind every peer, for a test that needs a peer of its own.
 //! - [`recorder`]: a raw TCP app that keeps every byte the proxy wrote to it, per connection.
+//! - [`netns`]: network namespaces on a bridge, `tracemesh init` and proxies under their own UID,
+//!   for the root-only end-to-end tests.
 //!
-//! Every peer binds `127.0.0.1:0` and stops on `Drop`, connections included. Nothing here sleeps
+//! Every in-process peer binds `127.0.0.1:0` and stops on `Drop`, connections included. Nothing here sleeps
 //! as a way of waiting: waits poll a condition until a deadline, then panic saying what they saw.
 
 pub mod apps;
@@ -20,6 +22,7 @@ pub mod body;
 pub mod client;
 pub mod echo;
 pub mod grpc;
+pub mod netns;
 pub mod otlp;
 pub mod process;
 pub mod recorder;
