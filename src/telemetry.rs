@@ -31,7 +31,6 @@ pub use self::{
 use crate::{
     context::{Propagators, SpanContext, SpanId},
     metrics::Metrics,
-    proxy::ForwardError,
 };
 
 /// `SpanKind::Server` for inbound, `SpanKind::Client` for outbound.
@@ -70,13 +69,26 @@ pub struct SpanRecord {
     pub outcome: Outcome,
 }
 
+/// Why the proxy answered a request itself, as spans and metrics see it. The proxy's rescue
+/// layer fills it into the response's extensions; telemetry owns the type, so it needs nothing
+/// from the proxy's layer.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// A bounded label: the span's `error.type` and the RED `error_type`.
+    pub error_type: &'static str,
+    /// What happened, for the span's status message. Built on the error path only.
+    pub message: Arc<str>,
+    /// The client's own fault (a 4xx): a SERVER span stays Unset, as for any 4xx.
+    pub client_fault: bool,
+}
+
 /// How the exchange ended, beyond its status code.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The response body ended (or there was none).
     Complete,
     /// The proxy answered itself because forwarding failed.
-    Failed(ForwardError),
+    Failed(Failure),
     /// The response body failed mid-stream (upstream reset, client went away).
     BodyError,
     /// The response was dropped before its end (client cancelled).

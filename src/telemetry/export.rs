@@ -33,7 +33,6 @@ use super::{Outcome, SpanKind, SpanRecord};
 use crate::{
     config::{BatchConfig, OtlpProtocol, TelemetryConfig, TracesExporter},
     metrics::ExportMetrics,
-    proxy::ForwardError,
 };
 
 /// Where batches go.
@@ -362,10 +361,15 @@ fn span_status(r: &SpanRecord) -> (Status, Option<String>) {
     match &r.outcome {
         // The client's own fault (ambiguous framing, a broken body) is a 4xx: not a server
         // error, as for any 4xx a server answers.
-        Outcome::Failed(e) if e.kind().is_client_fault() && r.kind == SpanKind::Server => {
-            return (Status::Unset, Some(e.kind_str().to_owned()))
+        Outcome::Failed(e) if e.client_fault && r.kind == SpanKind::Server => {
+            return (Status::Unset, Some(e.error_type.to_owned()))
         }
-        Outcome::Failed(e) => return (Status::error(e.to_string()), Some(e.kind_str().to_owned())),
+        Outcome::Failed(e) => {
+            return (
+                Status::error(e.message.to_string()),
+                Some(e.error_type.to_owned()),
+            )
+        }
         Outcome::BodyError => {
             return (
                 Status::error("response body failed before its end"),
@@ -441,13 +445,6 @@ fn console_line(out: &mut String, service: &str, s: &SpanData) {
         let _ = write!(out, " {}={}", kv.key, kv.value);
     }
     out.push('\n');
-}
-
-/// Not part of the data path: `ForwardError` labels for `error.type`.
-impl ForwardError {
-    fn kind_str(&self) -> &'static str {
-        self.kind().as_str()
-    }
 }
 
 #[cfg(test)]

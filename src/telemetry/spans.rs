@@ -21,14 +21,13 @@ use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{Outcome, SpanKind, SpanRecord, Telemetry};
+use super::{Failure, Outcome, SpanKind, SpanRecord, Telemetry};
 use crate::{
     context::{self, SpanContext, SpanId, TraceFlags},
     metrics::{
         red::{method_label, GrpcLabels, GrpcMethod, RedLabels, TraceExemplar},
         Direction,
     },
-    proxy::ForwardError,
 };
 
 static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
@@ -214,10 +213,10 @@ struct Pending {
 
 impl Pending {
     fn response<B>(&mut self, rsp: &Response<B>) {
-        let failed = rsp.extensions().get::<ForwardError>();
+        let failed = rsp.extensions().get::<Failure>();
         if let Some(red) = self.red.as_mut() {
             red.status_code = rsp.status().as_u16();
-            red.error_type = failed.map(|e| e.kind().as_str());
+            red.error_type = failed.map(|e| e.error_type);
         }
         if let Some(r) = self.record.as_mut() {
             r.status = Some(rsp.status());

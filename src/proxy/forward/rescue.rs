@@ -16,6 +16,7 @@ use http::{header, HeaderValue, Request, Response, Version};
 use pin_project_lite::pin_project;
 
 use super::{ForwardError, ProxyBody};
+use crate::telemetry::Failure;
 
 /// Turns [`ForwardError`]s into responses (see the module docs).
 #[derive(Clone, Debug)]
@@ -48,6 +49,12 @@ pub fn error_response(error: ForwardError, grpc: bool, http1: bool) -> Response<
     if http1 && error.kind().is_client_fault() {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    let kind = error.kind();
+    rsp.extensions_mut().insert(Failure {
+        error_type: kind.as_str(),
+        message: error.to_string().into(),
+        client_fault: kind.is_client_fault(),
+    });
     rsp.extensions_mut().insert(error);
     rsp
 }
