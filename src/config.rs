@@ -108,7 +108,8 @@ pub struct ProxyArgs {
     /// Admin listener: /live, /ready, /metrics.
     #[arg(long, env = ENV_ADMIN_LISTEN, default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
-    /// Where inbound requests go. Default: 127.0.0.1 at the connection's original destination port.
+    /// Where inbound requests go. Default: the connection's original destination (the pod's own
+    /// address and the port the client dialled).
     #[arg(long, env = ENV_APP_ADDR)]
     pub app_addr: Option<SocketAddr>,
     /// Runtime worker threads. Default: the CPUs this process may use (affinity and cgroup quota).

@@ -257,7 +257,13 @@ async fn serve_connection(
         return refuse("own_port");
     }
     let target = match direction {
-        Direction::Inbound => inbound::target(shared.app_addr, orig_dst),
+        // The address the client reached is this socket's own (REDIRECT rewrote it to the
+        // incoming interface's address): only the port is taken from the original destination,
+        // so a packet addressed elsewhere (a metadata endpoint, say) cannot name a destination.
+        Direction::Inbound => inbound::target(
+            shared.app_addr,
+            orig_dst.map(|d| SocketAddr::new(local.ip(), d.port())),
+        ),
         Direction::Outbound => outbound::target(orig_dst),
     };
     let limits = &shared.limits;
@@ -296,8 +302,15 @@ async fn serve_connection(
     };
     match protocol {
         Protocol::Http1 => {
-            let activity =
-                Activity::new(Mode::Http1, limits.idle_timeout, limits.header_read_timeout);
+            // A request in flight may be quiet while the app thinks: never less than the
+            // response timeout before it counts as stalled.
+            let stall = limits.idle_timeout.max(limits.response_timeout);
+            let activity = Activity::new(
+                Mode::Http1,
+                limits.idle_timeout,
+                limits.header_read_timeout,
+                stall,
+            );
             activity.head_started();
             let head = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -330,11 +343,17 @@ async fn serve_connection(
                 r = conn.as_mut() => r,
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // A head still trickling in must not hold the drain.
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = activity.expired() => return,
+                    }
                 }
                 why = activity.expired() => {
-                    if why == Expired::HeaderRead {
-                        refuse("header_read_timeout");
+                    match why {
+                        Expired::HeaderRead => refuse("header_read_timeout"),
+                        Expired::Stalled => refuse("stalled"),
+                        Expired::Idle => {}
                     }
                     tracing::debug!(?why, %peer, "closing http/1 connection");
                     return;
@@ -345,8 +364,12 @@ async fn serve_connection(
             }
         }
         Protocol::Http2 => {
-            let activity =
-                Activity::new(Mode::Http2, limits.idle_timeout, limits.header_read_timeout);
+            let activity = Activity::new(
+                Mode::Http2,
+                limits.idle_timeout,
+                limits.header_read_timeout,
+                limits.idle_timeout,
+            );
             let svc = TowerToHyperService::new(stack(parts(true, activity.clone(), false)));
             let io = PrefixedIo::new(buf.freeze(), stream);
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

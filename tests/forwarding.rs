@@ -290,6 +290,45 @@ async fn an_idle_keep_alive_connection_closes_at_the_idle_timeout_not_the_header
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_announced_body_never_comes_is_closed_as_stalled() {
+    let app = App::start(Behaviour::UploadDigest).await;
+    // The watchdog looks at a connection when its head deadline passes (it is not woken per
+    // request, to keep the request path free of wake-ups), so a stall is seen within
+    // header-read timeout + idle timeout.
+    let p = untraced("stalled")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .arg("--header-read-timeout")
+        .arg("300ms")
+        .arg("--idle-timeout")
+        .arg("1s")
+        .arg("--response-timeout")
+        .arg("500ms")
+        .start()
+        .await;
+    let mut stream = TcpStream::connect(p.inbound()).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 999999999\r\n\r\nsome")
+        .await
+        .unwrap();
+    let rest = closed_within(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("a request that stopped sending its body held the connection");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}; answered {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    p.wait_for_series(
+        r#"tracemesh_refused_connections_total{direction="inbound",reason="stalled"}"#,
+        |v| v == 1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_connection_counts_as_open_until_it_closes() {
     let ws = support::echo::WsEcho::start().await;
     let p = untraced("upgrade")

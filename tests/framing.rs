@@ -300,6 +300,17 @@ async fn request_lines_hyper_rejects_are_400_and_never_relayed_as_opaque() {
             with_head(b"GET  /a HTTP/1.1"),
         ),
         case("lowercase `http/1.1`", with_head(b"GET /a http/1.1")),
+        // What laxer servers accept: a lone CR before the line (nginx, llhttp), HTAB after the
+        // method (Tomcat). Relayed raw, each could carry a smuggled request past the proxy.
+        case(
+            "a lone CR before the request line, with a smuggled request",
+            format!(
+                "\rPOST / HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}",
+                5 + SMUGGLED.len()
+            ),
+        ),
+        case("HTAB after the method", with_head(b"GET\t/a HTTP/1.1")),
         // The issue's reproduction: a line detection used to call opaque, carrying a smuggle.
         case(
             "`POST /a b HTTP/1.1` with Content-Length, Transfer-Encoding and a smuggled request",

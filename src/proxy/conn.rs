@@ -59,6 +59,9 @@ pub enum Expired {
     Idle,
     /// A request head started arriving and was not complete within `--header-read-timeout`.
     HeaderRead,
+    /// HTTP/1: a request was in flight, but no byte moved either way for the stall timeout (a
+    /// body announced and never sent, a client that stopped reading).
+    Stalled,
 }
 
 /// How a connection's activity is observed.
@@ -80,7 +83,10 @@ pub struct Activity {
     epoch: Instant,
     idle_timeout: Duration,
     header_read_timeout: Duration,
+    stall_timeout: Duration,
     in_flight: AtomicUsize,
+    /// HTTP/1: reads and writes so far, to tell a stalled request from a slow one.
+    progress: AtomicU64,
     /// Milliseconds since `epoch` of the last request end (or, for opaque bytes, the last read).
     last: AtomicU64,
     /// Milliseconds since `epoch` + 1 when the current head's first byte arrived; 0 for none.
@@ -91,13 +97,22 @@ pub struct Activity {
 // === impl Activity ===
 
 impl Activity {
-    pub fn new(mode: Mode, idle_timeout: Duration, header_read_timeout: Duration) -> Arc<Self> {
+    /// A request in flight on an HTTP/1 connection is stalled after `stall_timeout` with no
+    /// byte moving either way.
+    pub fn new(
+        mode: Mode,
+        idle_timeout: Duration,
+        header_read_timeout: Duration,
+        stall_timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Activity {
             mode,
             epoch: Instant::now(),
             idle_timeout,
             header_read_timeout,
+            stall_timeout,
             in_flight: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
             last: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             wake: Notify::new(),
@@ -117,9 +132,16 @@ impl Activity {
         }
     }
 
+    fn on_write(&self) {
+        if self.mode == Mode::Http1 {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn on_read(&self) {
         match self.mode {
             Mode::Http1 => {
+                self.progress.fetch_add(1, Ordering::Relaxed);
                 if self.in_flight.load(Ordering::Acquire) == 0
                     && self.head_started.load(Ordering::Acquire) == 0
                 {
@@ -132,7 +154,8 @@ impl Activity {
     }
 
     /// A request's head was parsed and the request is being served: the connection is busy
-    /// until the returned guard drops (with the response body).
+    /// until the returned guard drops (with the response body). The watchdog is not woken
+    /// (no wake-up per request): it sees the request when its current deadline passes.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
@@ -141,12 +164,27 @@ impl Activity {
 
     /// Resolves when the connection has expired. Cancel-safe: drop it to stop watching.
     pub async fn expired(&self) -> Expired {
+        // (progress, when it was seen) while a request is in flight.
+        let mut mark: Option<(u64, u64)> = None;
         loop {
             let now = self.now_ms();
             let (deadline, why) = if self.in_flight.load(Ordering::Acquire) > 0 {
-                // A request is being served, however long it streams: look again later.
-                (now + millis(self.idle_timeout), None)
+                // A request is being served, however long it streams, as long as bytes move.
+                let progress = self.progress.load(Ordering::Relaxed);
+                let since = match mark {
+                    Some((p, at)) if p == progress => at,
+                    _ => {
+                        mark = Some((progress, now));
+                        now
+                    }
+                };
+                let stall = since + millis(self.stall_timeout);
+                if self.mode == Mode::Http1 && now >= stall {
+                    return Expired::Stalled;
+                }
+                (stall, None)
             } else {
+                mark = None;
                 match self.head_started.load(Ordering::Acquire) {
                     0 => (
                         self.last.load(Ordering::Acquire) + millis(self.idle_timeout),
@@ -244,7 +282,12 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let res = this.io.poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        res
     }
 
     fn poll_write_vectored(
@@ -252,7 +295,12 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let res = this.io.poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.on_write();
+        }
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -277,7 +325,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_http1_connection_expires_at_the_idle_timeout_not_the_head_timeout() {
-        let a = Activity::new(Mode::Http1, IDLE, HEAD);
+        let a = Activity::new(Mode::Http1, IDLE, HEAD, IDLE);
         drop(a.begin());
         let start = Instant::now();
         assert_eq!(a.expired().await, Expired::Idle);
@@ -290,7 +338,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_started_head_must_complete_within_the_header_read_timeout() {
-        let a = Activity::new(Mode::Http1, IDLE, HEAD);
+        let a = Activity::new(Mode::Http1, IDLE, HEAD, IDLE);
         let watch = {
             let a = a.clone();
             tokio::spawn(async move { a.expired().await })
@@ -307,14 +355,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_request_in_flight_is_never_idle() {
-        let a = Activity::new(Mode::Http1, IDLE, HEAD);
+    async fn a_request_in_flight_is_never_idle_while_bytes_move() {
+        let a = Activity::new(Mode::Http1, IDLE, HEAD, IDLE);
         let req = a.begin();
         let watch = {
             let a = a.clone();
             tokio::spawn(async move { a.expired().await })
         };
-        tokio::time::sleep(IDLE * 3).await;
+        for _ in 0..6 {
+            tokio::time::sleep(IDLE / 2).await;
+            a.on_write();
+        }
         assert!(!watch.is_finished());
         drop(req);
         let start = Instant::now();
@@ -323,8 +374,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_with_no_byte_moving_is_stalled() {
+        let a = Activity::new(Mode::Http1, IDLE, HEAD, IDLE * 2);
+        let _req = a.begin();
+        a.on_read();
+        let start = Instant::now();
+        assert_eq!(a.expired().await, Expired::Stalled);
+        let waited = start.elapsed();
+        assert!(waited >= IDLE * 2 && waited < IDLE * 3, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn opaque_bytes_push_the_idle_deadline() {
-        let a = Activity::new(Mode::Bytes, IDLE, HEAD);
+        let a = Activity::new(Mode::Bytes, IDLE, HEAD, IDLE);
         let watch = {
             let a = a.clone();
             tokio::spawn(async move { a.expired().await })
@@ -338,7 +400,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn http2_frames_between_streams_start_no_head_deadline() {
-        let a = Activity::new(Mode::Http2, IDLE, HEAD);
+        let a = Activity::new(Mode::Http2, IDLE, HEAD, IDLE);
         a.on_read();
         let start = Instant::now();
         assert_eq!(a.expired().await, Expired::Idle);

@@ -12,8 +12,9 @@
 //! - HTTP/1.x: a method token (RFC 9110 §5.6.2 `tchar`s) followed by SP. Whatever follows is
 //!   hyper's to parse, and a malformed request line gets 400 there. Deciding this early is the
 //!   point: bytes that start like an HTTP request are never relayed unparsed, so a request line
-//!   hyper would reject cannot smuggle a request past the proxy's limits and spans. Like httparse,
-//!   leading empty lines are skipped (RFC 9112 §2.2).
+//!   hyper would reject cannot smuggle a request past the proxy's limits and spans. Leading CR
+//!   and LF bytes are skipped (RFC 9112 §2.2, and laxer servers skip a lone CR), and HTAB, VT or
+//!   FF after the method count like SP.
 //! - Anything else, that is a first byte outside the above, is opaque: forwarded byte for byte.
 //!
 //! Decisions are made as early as the bytes allow and are monotone: once [`detect`] returns
@@ -59,15 +60,18 @@ pub fn detect(buf: &[u8]) -> Option<Protocol> {
         _ => {}
     }
 
-    let mut rest = buf;
-    while let [b'\r', b'\n', tail @ ..] | [b'\n', tail @ ..] = rest {
-        rest = tail;
-    }
+    // Servers differ in what they skip before a request line (nginx and llhttp skip a lone CR)
+    // and in what may follow the method (Tomcat takes HTAB): any of it is HTTP here, so that
+    // hyper refuses it rather than an app with a laxer parser accepting it unseen.
+    let rest = &buf[buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()..];
     let method = rest.iter().take_while(|&&b| is_tchar(b)).count();
     match &rest[method..] {
-        [] | [b'\r'] if full => Some(Protocol::Http1),
-        [] | [b'\r'] => None,
-        [b' ', ..] if method > 0 => Some(Protocol::Http1),
+        [] if full => Some(Protocol::Http1),
+        [] => None,
+        [b' ' | b'\t' | 0x0b | 0x0c, ..] if method > 0 => Some(Protocol::Http1),
         _ => Some(Protocol::Opaque),
     }
 }
@@ -127,7 +131,8 @@ pub mod fuzzing {
             }
             let method = prefix.iter().take_while(|&&b| super::is_tchar(b)).count();
             let preface = prefix.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(prefix);
-            if method > 0 && prefix.get(method) == Some(&b' ') && !preface {
+            let space = matches!(prefix.get(method), Some(b' ' | b'\t' | 0x0b | 0x0c));
+            if method > 0 && space && !preface {
                 assert_eq!(
                     decided,
                     Some(Protocol::Http1),

@@ -145,8 +145,12 @@ impl ForwardInner {
             (http1 && wants_upgrade(req.headers())).then(|| hyper::upgrade::on(&mut req));
         prepare(&mut req, || dest.authority());
         let (parts, mut body) = req.into_parts();
-        let chunked =
-            http1 && !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH);
+        // Not with `Expect: 100-continue`: reading ahead would send the 100 before the app could
+        // refuse the upload.
+        let chunked = http1
+            && !body.is_end_stream()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && !parts.headers.contains_key(header::EXPECT);
         let first = if chunked {
             read_ahead(&mut body, READ_AHEAD)
                 .await

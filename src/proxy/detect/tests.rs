@@ -70,6 +70,10 @@ fn a_method_token_and_space_is_http1_at_once() {
         b"M-SEARCH * HTTP/1.1\r\n",
         b"\r\nGET / HTTP/1.1\r\n",
         b"\n\r\n\nGET / HTTP/1.1\r\n",
+        b"\rPOST / HTTP/1.1\r\n",
+        b"\r\r\nGET / HTTP/1.1\r\n",
+        b"GET\t/ HTTP/1.1\r\n",
+        b"GET\x0b/ HTTP/1.1\r\n",
     ] {
         assert_eq!(
             detect(start),
@@ -118,9 +122,7 @@ fn bytes_no_request_can_start_with_are_opaque() {
         b"PING\r\n",
         b"\x00\x00\x00\x08\x04\xd2\x16\x2f",
         b" GET / HTTP/1.1\r\n",
-        b"GET\t/ HTTP/1.1\r\n",
         b"G(T / HTTP/1.1\r\n",
-        b"\r\r\n",
         b"\x00",
     ] {
         assert_eq!(
@@ -136,6 +138,7 @@ fn bytes_no_request_can_start_with_are_opaque() {
 fn empty_lines_and_a_lone_cr_wait() {
     assert_eq!(detect(b"\r\n\r\n"), None);
     assert_eq!(detect(b"\r"), None);
+    assert_eq!(detect(b"\r\r\n"), None);
     assert_eq!(detect(b"HELLO"), None);
 }
 

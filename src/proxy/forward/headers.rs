@@ -172,7 +172,12 @@ pub fn prepare<B>(req: &mut Request<B>, fallback_host: impl FnOnce() -> Authorit
             Some(a) if absolute => a.clone(),
             _ => fallback_host(),
         };
-        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+        // Host is host and port only: userinfo in an absolute-form URI never travels on.
+        let host = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, h)| h);
+        if let Ok(v) = HeaderValue::from_str(host) {
             req.headers_mut().insert(header::HOST, v);
         }
     }
@@ -262,6 +267,13 @@ mod tests {
         prepare(&mut absolute, || unreachable!());
         assert_eq!(absolute.headers()["host"], "inventory:8080");
         assert_eq!(absolute.uri(), "/items");
+
+        let mut userinfo = Request::builder()
+            .uri("http://user:pw@inventory:8080/items")
+            .body(())
+            .unwrap();
+        prepare(&mut userinfo, || unreachable!());
+        assert_eq!(userinfo.headers()["host"], "inventory:8080");
 
         let mut http10 = Request::builder()
             .version(Version::HTTP_10)

@@ -81,7 +81,7 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     m.opaque.inc();
-    let activity = Activity::new(Mode::Bytes, idle, idle);
+    let activity = Activity::new(Mode::Bytes, idle, idle, idle);
     let mut client = Watched::new(client, activity.clone());
     let mut upstream = Watched::new(upstream, activity.clone());
     tokio::select! {
