@@ -136,6 +136,8 @@ impl Service {
             shutdown_grace: Duration::from_secs(2),
             routes: Default::default(),
             red_metrics: true,
+            // Nothing routes to the demo's proxies through a load balancer: stop at once.
+            drain_delay: Duration::ZERO,
         };
         let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
             "OTEL_SERVICE_NAME" => Some(name.to_owned()),

@@ -147,6 +147,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             shutdown_grace: args.shutdown_grace,
             routes: args.routes(),
             red_metrics: !args.disable_red_metrics,
+            drain_delay: args.drain_delay,
         };
         tracing::info!(
             workers,

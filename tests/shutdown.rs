@@ -1,4 +1,4 @@
-//! SIGTERM: the proxy reports not-ready, stops accepting, lets in-flight requests (HTTP/1.1 and
+//! SIGTERM with `--drain-delay 0s`: the proxy reports not-ready, stops accepting, lets in-flight requests (HTTP/1.1 and
 //! HTTP/2) finish within `--shutdown-grace`, flushes their spans, and exits 0; a request that
 //! outlives the grace period does not hold the exit.
 
@@ -91,6 +91,8 @@ async fn sigterm_drains_in_flight_h1_and_h2_requests_then_flushes_spans_and_exit
         .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
         .arg("--app-addr")
         .arg(app.addr().to_string())
+        .arg("--drain-delay")
+        .arg("0s")
         .arg("--shutdown-grace")
         .arg("5s")
         .start()
@@ -202,6 +204,8 @@ async fn request_outliving_the_grace_period_does_not_hold_the_exit() {
     let mut p = Proxy::exporting_to(&otlp, "grace")
         .arg("--app-addr")
         .arg(app.addr().to_string())
+        .arg("--drain-delay")
+        .arg("0s")
         .arg("--shutdown-grace")
         .arg("300ms")
         .start()
@@ -257,6 +261,8 @@ async fn idle_proxy_exits_0_promptly_on_sigterm() {
     let mut p = Proxy::exporting_to(&otlp, "idle")
         .arg("--app-addr")
         .arg(app.addr().to_string())
+        .arg("--drain-delay")
+        .arg("0s")
         .start()
         .await;
     // One finished request; a keep-alive connection still open is idle and closed at once.
