@@ -7,6 +7,7 @@
 #   OpenMetrics parser (tests/peers/parse_exposition.py).
 # - iptables, iproute2, curl, util-linux (unshare, setpriv): tests/transparent.rs redirects a
 #   client's TCP with real NAT rules in a network namespace it creates.
+# - util-linux's prlimit: tests/admin.rs runs the proxy under a low file descriptor limit.
 # - prometheus (Debian's package): tests/prometheus.rs runs a real Prometheus against a proxy.
 #   The test starts its own instance on 127.0.0.1; the package's service is never started.
 set -euo pipefail
@@ -26,6 +27,7 @@ command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -19,6 +19,7 @@ pub const ENV_APP_ADDR: &str = "TRACEMESH_APP_ADDR";
 pub const ENV_WORKERS: &str = "TRACEMESH_WORKERS";
 pub const ENV_PROPAGATORS: &str = "OTEL_PROPAGATORS";
 pub const ENV_SHUTDOWN_GRACE: &str = "TRACEMESH_SHUTDOWN_GRACE";
+pub const ENV_DRAIN_DELAY: &str = "TRACEMESH_DRAIN_DELAY";
 pub const ENV_CONNECT_TIMEOUT: &str = "TRACEMESH_CONNECT_TIMEOUT";
 pub const ENV_RESPONSE_TIMEOUT: &str = "TRACEMESH_RESPONSE_TIMEOUT";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "TRACEMESH_HEADER_READ_TIMEOUT";
@@ -54,6 +55,9 @@ pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:4191";
 /// Kubernetes' default `terminationGracePeriodSeconds` is 30 s; leave room for the span flush.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "25s";
+/// Istio's sidecar default (`terminationDrainDuration`): long enough for the endpoint controller
+/// and kube-proxy to drop a pod that has started terminating, so late clients are still served.
+pub const DEFAULT_DRAIN_DELAY: &str = "5s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
 /// Time to the upstream's response headers; streaming bodies are not limited by it.
 pub const DEFAULT_RESPONSE_TIMEOUT: &str = "30s";
@@ -119,7 +123,8 @@ pub struct ProxyArgs {
     /// known format is extracted.
     #[arg(long, env = ENV_PROPAGATORS, default_value = "tracecontext", value_parser = parse_propagators)]
     pub propagators: Propagators,
-    /// On SIGTERM, how long in-flight requests may take to finish.
+    /// On SIGTERM, how long in-flight requests may take to finish once the listeners have
+    /// closed (after --drain-delay).
     #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// TCP connect timeout towards the app or upstream (then 504).
@@ -157,6 +162,11 @@ pub struct ProxyArgs {
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
+    /// On SIGTERM, how long to keep accepting and serving new connections while /ready answers
+    /// 503, so that Kubernetes removes the endpoint before the listeners close. Then the
+    /// listeners close and in-flight requests get --shutdown-grace. `0s` closes them at once.
+    #[arg(long, env = ENV_DRAIN_DELAY, default_value = DEFAULT_DRAIN_DELAY, value_parser = parse_duration)]
+    pub drain_delay: Duration,
 }
 
 fn parse_route(s: &str) -> Result<String, String> {

@@ -137,6 +137,8 @@ impl Service {
             routes: Default::default(),
             red_metrics: true,
             opaque_ports: Vec::new(),
+            // Nothing routes to the demo's proxies through a load balancer: stop at once.
+            drain_delay: Duration::ZERO,
         };
         let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
             "OTEL_SERVICE_NAME" => Some(name.to_owned()),

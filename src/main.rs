@@ -148,6 +148,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             routes: args.routes(),
             red_metrics: !args.disable_red_metrics,
             opaque_ports: args.opaque_ports.clone(),
+            drain_delay: args.drain_delay,
         };
         tracing::info!(
             workers,

@@ -69,6 +69,8 @@ pub struct ProxyConfig {
     pub red_metrics: bool,
     /// Destination ports relayed as opaque TCP without detection (server-first protocols).
     pub opaque_ports: Vec<u16>,
+    /// On shutdown, how long to keep accepting before the listeners close (see [`start`]).
+    pub drain_delay: Duration,
 }
 
 /// The proxy's listeners, bound before anything else starts.
@@ -472,8 +474,15 @@ impl Running {
 }
 
 /// Binds, starts telemetry, the admin listener and both proxy listeners, and marks the proxy
-/// ready. On shutdown: not ready, stop accepting, let in-flight requests finish within the grace
-/// period, flush spans, stop.
+/// ready. On shutdown (the token of [`Running::shutdown_token`]), drains like a sidecar:
+///
+/// 1. `/ready` answers 503 at once, and for `drain_delay` the listeners keep accepting and
+///    serving new connections: Kubernetes needs that long to take the endpoint out of rotation,
+///    and clients that still pick this pod meanwhile are served, not refused.
+/// 2. The listeners close (new connects are refused) and every connection is asked to finish:
+///    HTTP/1 after its request in flight, HTTP/2 with GOAWAY after its open streams.
+/// 3. In-flight requests get `shutdown_grace`; whatever is left after it is cut.
+/// 4. Spans are flushed, then the admin listener stops and [`Running::wait`] returns.
 ///
 /// # Errors
 /// A listener could not be bound.
@@ -512,7 +521,10 @@ pub async fn start(
         opaque_ports: config.opaque_ports.clone(),
     });
 
+    // Two tokens: `shutdown` (handed out) starts the drain; `stop`, cancelled once the drain
+    // delay is over, is the one the accept loops and connections watch.
     let shutdown = CancellationToken::new();
+    let stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let ready = crate::admin::Readiness::default();
     tokio::spawn(crate::admin::serve(
@@ -531,7 +543,7 @@ pub async fn start(
             direction,
             listener,
             shared.clone(),
-            shutdown.clone(),
+            stop.clone(),
             tracker.clone(),
         ))
     });
@@ -544,14 +556,17 @@ pub async fn start(
         "listening"
     );
 
-    let grace = config.shutdown_grace;
+    let (delay, grace) = (config.drain_delay, config.shutdown_grace);
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
         token.cancelled().await;
         ready.set(false);
-        for a in accept {
-            let _ = a.await;
-        }
+        tracing::info!(
+            ?delay,
+            "not ready; serving new connections during the drain delay"
+        );
+        tokio::time::sleep(delay).await;
+        stop_accepting(&stop, accept).await;
         tracker.close();
         tracing::info!(connections = tracker.len(), ?grace, "draining");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -569,4 +584,14 @@ pub async fn start(
         shutdown,
         done,
     })
+}
+
+/// Cancels `stop` and waits for the accept loops to return: each drops its listener on the way
+/// out, so once this returns the ports are closed and a new connect is refused by the kernel.
+async fn stop_accepting(stop: &CancellationToken, accept: [tokio::task::JoinHandle<()>; 2]) {
+    stop.cancel();
+    for a in accept {
+        let _ = a.await;
+    }
+    tracing::info!("listeners closed; no new connections");
 }

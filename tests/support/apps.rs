@@ -45,11 +45,26 @@ pub enum Behaviour {
     Forward { next: String, via_proxy: SocketAddr },
     /// 200 headers at once, then `chunks` chunks of `chunk N\n`, one every `every`.
     SlowBody { chunks: usize, every: Duration },
+    /// Requests whose path starts with [`HELD_PREFIX`] wait until `gate` opens; then every
+    /// request waits `delay` and gets 200 with `body`. Arrival is recorded before the wait, so
+    /// [`App::wait_for_requests`] proves a held request is in flight.
+    Gated {
+        gate: Gate,
+        delay: Duration,
+        body: Bytes,
+    },
     /// Never answers.
     Hang,
     /// Anything else.
     Custom(Handler),
 }
+
+/// The path prefix [`Behaviour::Gated`] holds at its gate.
+pub const HELD_PREFIX: &str = "/held/";
+
+/// A gate that [`Behaviour::Gated`] requests wait at, opened once by the test.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
 
 /// The function behind [`Behaviour::Custom`].
 pub type Handler = Arc<dyn Fn(&SeenRequest) -> Response<Full<Bytes>> + Send + Sync>;
@@ -106,9 +121,36 @@ impl Behaviour {
             Self::UploadDigest => "upload-digest",
             Self::Forward { .. } => "forward",
             Self::SlowBody { .. } => "slow-body",
+            Self::Gated { .. } => "gated",
             Self::Hang => "hang",
             Self::Custom(_) => "custom",
         }
+    }
+}
+
+// === impl Gate ===
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    /// Opens the gate: every held request, and every later one, goes on.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = open.wait_for(|open| *open).await;
     }
 }
 
@@ -206,6 +248,13 @@ async fn respond(
         },
         Behaviour::Forward { next, via_proxy } => forward(&request, &next, via_proxy).await,
         Behaviour::SlowBody { chunks, every } => Response::new(slow_body(chunks, every)),
+        Behaviour::Gated { gate, delay, body } => {
+            if request.uri.path().starts_with(HELD_PREFIX) {
+                gate.passed().await;
+            }
+            tokio::time::sleep(delay).await;
+            Response::new(full(body))
+        }
         Behaviour::Hang => std::future::pending().await,
         Behaviour::Custom(f) => f(&request).map(|b| b.map_err(|e| match e {}).boxed_unsync()),
     };

@@ -32,7 +32,13 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tracemesh");
 /// A `tracemesh` command with the test's environment minus `OTEL_*` and `TRACEMESH_*`, for
 /// subcommands other than `proxy` (which [`ProxyBuilder`] runs).
 pub fn command() -> Command {
-    let mut cmd = Command::new(BIN);
+    clean_command(BIN)
+}
+
+/// `program` with the test's environment minus `OTEL_*`, `TRACEMESH_*` and `RUST_LOG`, and the
+/// harness's `RUST_LOG`.
+fn clean_command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
         if k.starts_with("OTEL_") || k.starts_with("TRACEMESH_") || k == "RUST_LOG" {
@@ -54,6 +60,7 @@ pub struct ProxyBuilder {
     env: Vec<(OsString, Option<OsString>)>,
     listen_flags: bool,
     ready_timeout: Duration,
+    wrapper: Vec<OsString>,
 }
 
 /// A running `tracemesh proxy`, killed and reaped on `Drop`.
@@ -92,6 +99,7 @@ impl ProxyBuilder {
             env: Vec::new(),
             listen_flags: true,
             ready_timeout: DEADLINE,
+            wrapper: Vec::new(),
         }
     }
 
@@ -142,6 +150,18 @@ impl ProxyBuilder {
     /// How long `start` waits for the `listening` line and `/ready` (default [`DEADLINE`]).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// Runs the binary through a command that execs it, e.g. `["prlimit", "--nofile=64:64"]`
+    /// spawns `prlimit --nofile=64:64 tracemesh proxy ..`. The wrapper must exec (not fork) the
+    /// binary, so that [`Proxy::pid`] and [`Proxy::terminate`] reach the proxy itself.
+    pub fn wrapper<I, A>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        self.wrapper = command.into_iter().map(|a| a.as_ref().to_owned()).collect();
         self
     }
 
@@ -227,7 +247,14 @@ impl ProxyBuilder {
     }
 
     fn spawn(self) -> (Child, String, Output) {
-        let mut cmd = command();
+        let mut cmd = match self.wrapper.split_first() {
+            None => command(),
+            Some((program, args)) => {
+                let mut cmd = clean_command(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+        };
         cmd.arg("proxy");
         for flag in ["--inbound-listen", "--outbound-listen", "--admin-listen"] {
             let given = self.args.iter().any(|a| {
@@ -251,7 +278,7 @@ impl ProxyBuilder {
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: spawning {BIN}: {e}", self.name));
+            .unwrap_or_else(|e| panic!("{}: spawning {:?}: {e}", self.name, cmd.get_program()));
         let output = Output::default();
         let stderr = child.stderr.take().expect("stderr is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
