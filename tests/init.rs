@@ -48,7 +48,7 @@ ip netns exec "$POD" python3 -m http.server 8080 --bind 0.0.0.0 --directory "$DI
 ip netns exec "$CLIENT" python3 -m http.server 9090 --bind 0.0.0.0 --directory "$DIR/client-www" >/dev/null 2>&1 &
 ip netns exec "$POD" setpriv --reuid=1337 --regid=1337 --clear-groups env \
   OTEL_TRACES_EXPORTER=console OTEL_BSP_SCHEDULE_DELAY=50 OTEL_SERVICE_NAME=pod RUST_LOG=info \
-  "$BIN" proxy >"$DIR/proxy.out" 2>"$DIR/proxy.err" &
+  "$BIN" proxy --drain-delay 0s >"$DIR/proxy.out" 2>"$DIR/proxy.err" &
 proxy=$!
 for i in $(seq 1 100); do
   ip netns exec "$POD" curl -fsS -o /dev/null --max-time 1 http://127.0.0.1:4191/ready 2>/dev/null && break

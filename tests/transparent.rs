@@ -24,7 +24,7 @@ chmod 777 "$DIR"
 setpriv --reuid=1337 --regid=1337 --clear-groups env \
   OTEL_TRACES_EXPORTER=console OTEL_BSP_SCHEDULE_DELAY=50 OTEL_SERVICE_NAME=transparent \
   RUST_LOG=info "$BIN" proxy \
-  --inbound-listen 127.0.0.1:15006 --outbound-listen 127.0.0.1:15001 --admin-listen 127.0.0.1:15090 \
+  --inbound-listen 127.0.0.1:15006 --outbound-listen 127.0.0.1:15001 --admin-listen 127.0.0.1:15090 --drain-delay 0s \
   >"$DIR/proxy.out" 2>"$DIR/proxy.err" &
 proxy=$!
 # The proxy's own traffic is never redirected; UID 2000 plays a client outside the pod (inbound);
