@@ -238,16 +238,8 @@ async fn a_client_stream_outliving_the_response_timeout_succeeds_and_a_silent_se
 
 /// Reads until the peer closes or `timeout`; `None` if it was still open then.
 async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(out),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
+    let (out, closed) = client::read_until_closed(stream, timeout).await;
+    closed.then_some(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,10 +23,7 @@ use support::{
     recorder::TcpRecorder,
     DEADLINE,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 /// How long the proxy may take to answer a refused request and close the connection.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
@@ -105,18 +102,8 @@ async fn send_once(addr: SocketAddr, bytes: &[u8]) -> Answer {
         .write_all(bytes)
         .await
         .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let closed = tokio::time::timeout(CLOSE_WITHIN, read).await.is_ok();
-    Answer { bytes: out, closed }
+    let (bytes, closed) = support::client::read_until_closed(&mut stream, CLOSE_WITHIN).await;
+    Answer { bytes, closed }
 }
 
 /// Whether `status_line` is exactly an HTTP/1.1 400.

@@ -20,11 +20,7 @@ use support::{
     process::{Proxy, ProxyBuilder},
     DEADLINE,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    task::JoinHandle,
-};
+use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
 
 use support::process::metric_value as metric;
 
@@ -50,22 +46,12 @@ async fn still_serves(p: &Proxy) {
 /// # Panics
 /// If the connection is still open after `timeout`.
 async fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    if tokio::time::timeout(timeout, read).await.is_err() {
-        panic!(
-            "connection still open after {timeout:?}; got {:?}",
-            String::from_utf8_lossy(&out)
-        );
-    }
+    let (out, closed) = client::read_until_closed(stream, timeout).await;
+    assert!(
+        closed,
+        "connection still open after {timeout:?}; got {:?}",
+        String::from_utf8_lossy(&out)
+    );
     out
 }
 

@@ -5,7 +5,7 @@
 //! connection is HTTP/1, and hyper's `--header-read-timeout` cuts off the rest of a slow head;
 //! an opaque relay with no bytes either way for `--idle-timeout` is closed. Server-first
 //! protocols say nothing by design, so their ports are listed in `--opaque-ports` and relayed
-//! at once.
+//! at once (the banner test is in `tests/opaque.rs`).
 //!
 //! The app is a [`TcpRecorder`] (or a TCP echo) so that "no connection reached the app" is a
 //! count of accepted connections, not an absence of HTTP requests.
@@ -23,7 +23,6 @@ use support::{
     echo::TcpEcho,
     process::{Proxy, ProxyBuilder},
     recorder::TcpRecorder,
-    serve, DEADLINE,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -59,21 +58,8 @@ fn millis(d: Duration) -> String {
 /// Reads until the peer closes (EOF or reset) or `within` passes: what arrived, and when it
 /// closed (`None`: still open).
 async fn read_until_closed(rd: &mut OwnedReadHalf, within: Duration) -> (Vec<u8>, Option<Instant>) {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read = async {
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let closed = tokio::time::timeout(within, read)
-        .await
-        .ok()
-        .map(|()| Instant::now());
-    (out, closed)
+    let (out, closed) = support::client::read_until_closed(rd, within).await;
+    (out, closed.then(Instant::now))
 }
 
 /// Polls `series` for up to `within` until it equals `want`; its last value.
@@ -282,65 +268,6 @@ async fn silent_connections_at_the_connection_limit_do_not_stop_a_normal_request
         ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_first_app_on_an_opaque_port_gets_its_banner_through_at_once() {
-    const BANNER: &[u8] = b"220 mail.test ESMTP ready\r\n";
-    // An SMTP-like server: it speaks first, then answers QUIT and closes.
-    let app = serve::accept_loop(serve::bind_loopback().await, |mut stream, _| async move {
-        if stream.write_all(BANNER).await.is_err() {
-            return;
-        }
-        let mut line = Vec::new();
-        while !line.ends_with(b"\r\n") {
-            match stream.read_u8().await {
-                Ok(b) => line.push(b),
-                Err(_) => return,
-            }
-        }
-        let reply: &[u8] = if line == b"QUIT\r\n" {
-            b"221 bye\r\n"
-        } else {
-            b"500 what?\r\n"
-        };
-        let _ = stream.write_all(reply).await;
-        let _ = stream.shutdown().await;
-    });
-    // A detect timeout far longer than the banner may take: an opaque port skips detection.
-    let p = Proxy::builder()
-        .name("opaque-port")
-        .env("OTEL_TRACES_EXPORTER", "none")
-        .arg("--app-addr")
-        .arg(app.addr().to_string())
-        .arg("--detect-timeout")
-        .arg("5s")
-        .arg("--opaque-ports")
-        .arg(app.addr().port().to_string())
-        .start()
-        .await;
-
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(p.inbound()).await.expect("connecting");
-    let mut banner = vec![0u8; BANNER.len()];
-    tokio::time::timeout(DEADLINE, stream.read_exact(&mut banner))
-        .await
-        .expect("no banner within the deadline")
-        .expect("reading the banner");
-    let took = started.elapsed();
-    assert_eq!(banner, BANNER, "{}", lossy(&banner));
-    assert!(
-        took < Duration::from_secs(1),
-        "banner after {took:?}: the proxy waited for client bytes on an opaque port"
-    );
-
-    stream.write_all(b"QUIT\r\n").await.expect("writing QUIT");
-    let mut rest = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
-        .await
-        .expect("the server's close did not come through")
-        .expect("reading the reply");
-    assert_eq!(rest, b"221 bye\r\n", "{}", lossy(&rest));
 }
 
 /// Keeps `stream` busy past the idle timeout (a message every quarter of it, each echoed),

@@ -294,3 +294,24 @@ fn authority_of(uri: &str) -> Option<String> {
     let uri: Uri = uri.parse().ok()?;
     uri.authority().map(|a| a.as_str().to_owned())
 }
+
+/// Reads from `rd` until the peer closes (EOF or reset) or `within` passes: everything that
+/// arrived, and whether the peer closed (`false`: still open at the deadline).
+pub async fn read_until_closed<R>(rd: &mut R, within: Duration) -> (Vec<u8>, bool)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(within, read).await.is_ok();
+    (out, closed)
+}
