@@ -136,15 +136,15 @@ pub struct Shared {
 }
 
 /// What one connection's request stack is built from.
-pub struct ConnParts<'a> {
-    pub direction: Direction,
-    pub shared: &'a Shared,
-    pub client: SocketAddr,
-    pub target: Target,
-    pub tracker: &'a TaskTracker,
-    pub guard: Arc<ConnGuard>,
-    pub h2: bool,
-    activity: Option<Arc<Activity>>,
+struct ConnParts<'a> {
+    direction: Direction,
+    shared: &'a Shared,
+    client: SocketAddr,
+    target: Target,
+    tracker: &'a TaskTracker,
+    guard: Arc<ConnGuard>,
+    h2: bool,
+    activity: Arc<Activity>,
     ambiguous_first: bool,
 }
 
@@ -152,7 +152,7 @@ pub struct ConnParts<'a> {
 /// meets the layers. Hop-by-hop headers go first, so the span layer's context is the last word;
 /// errors are answered by [`Rescue`] below the span layer, so the span sees every response,
 /// synthesized or not, with the cause in an extension.
-pub fn stack(
+fn stack(
     parts: ConnParts<'_>,
 ) -> impl tower::Service<
     http::Request<hyper::body::Incoming>,
@@ -299,7 +299,7 @@ async fn serve_connection(
         tracker,
         guard: guard.clone(),
         h2,
-        activity: Some(activity),
+        activity,
         ambiguous_first,
     };
     match protocol {

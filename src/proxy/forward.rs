@@ -68,7 +68,7 @@ struct ForwardInner {
     connector: Connector,
     upstream: Upstream,
     stream: StreamContext,
-    activity: Option<Arc<Activity>>,
+    activity: Arc<Activity>,
 }
 
 impl std::fmt::Debug for ForwardInner {
@@ -95,7 +95,7 @@ impl Forward {
         connector: Connector,
         h2: bool,
         stream: StreamContext,
-        activity: Option<Arc<Activity>>,
+        activity: Arc<Activity>,
     ) -> Self {
         Forward(Arc::new(ForwardInner {
             direction,
@@ -128,7 +128,7 @@ impl ForwardInner {
         &self,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
-        let in_flight = self.activity.as_ref().map(|a| a.begin());
+        let in_flight = self.activity.begin();
         if let Some(e) = req.extensions_mut().remove::<ForwardError>() {
             return Err(e);
         }

@@ -169,7 +169,7 @@ pin_project! {
     /// A response body: the upstream's, streamed, or one the proxy wrote itself.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        Upstream { #[pin] body: Incoming, in_flight: Option<InFlight> },
+        Upstream { #[pin] body: Incoming, in_flight: InFlight },
         Synthetic { data: Option<Bytes> },
     }
 }
@@ -183,7 +183,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: Incoming, in_flight: Option<InFlight>) -> Self {
+    pub fn upstream(body: Incoming, in_flight: InFlight) -> Self {
         ProxyBody::Upstream { body, in_flight }
     }
 }

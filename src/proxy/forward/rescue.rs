@@ -30,7 +30,7 @@ impl<S> Rescue<S> {
     }
 }
 
-/// The response for a failed forward: pre-built body, the error in an extension.
+/// The response for a failed forward: pre-built body, the cause in a [`Failure`] extension.
 pub fn error_response(error: ForwardError, grpc: bool, http1: bool) -> Response<ProxyBody> {
     let mut rsp = Response::new(ProxyBody::synthetic(Bytes::from_static(error.body())));
     *rsp.status_mut() = error.status();
@@ -55,7 +55,6 @@ pub fn error_response(error: ForwardError, grpc: bool, http1: bool) -> Response<
         message: error.to_string().into(),
         client_fault: kind.is_client_fault(),
     });
-    rsp.extensions_mut().insert(error);
     rsp
 }
 
@@ -129,7 +128,12 @@ mod tests {
         let rsp = error_response(timeout, true, false);
         assert_eq!(rsp.status(), 504);
         assert_eq!(rsp.headers()["grpc-status"], "4");
-        assert!(rsp.extensions().get::<ForwardError>().is_some());
+        let failure = rsp
+            .extensions()
+            .get::<Failure>()
+            .expect("the cause rides along");
+        assert_eq!(failure.error_type, "timeout");
+        assert!(!failure.client_fault);
         assert!(!rsp.headers().contains_key(header::CONNECTION));
     }
 

@@ -13,7 +13,7 @@ use std::{net::SocketAddr, sync::Mutex, time::Duration};
 use http::{uri::Authority, Request, Response};
 use hyper::{
     body::Incoming,
-    client::conn::{http1, http2},
+    client::conn::{http1, http2, TrySendError},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -130,28 +130,20 @@ impl Upstream {
         body: &BodyState,
     ) -> Result<Response<Incoming>, ForwardError> {
         let key = DestKey::from(dest);
-        let (sender, fresh) = match self.checkout(&key) {
-            Some(Sender::H1(mut tx)) => match tx.ready().await {
-                Ok(()) => (Sender::H1(tx), false),
-                // Closed while idle (the upstream said `Connection: close`, or timed out):
-                // nothing was sent on it, so a new connection is safe.
-                Err(_) => (self.open(dest).await?, true),
-            },
-            Some(h2) => (h2, false),
-            None => (self.open(dest).await?, true),
-        };
-        let res = match sender {
-            Sender::H1(mut tx) => {
-                let fut = tx.send_request(req);
-                self.checkin(key, Sender::H1(tx));
-                wait_response(fut, body, self.connector.response_timeout).await
-            }
-            Sender::H2(mut tx) => {
-                let fut = tx.send_request(req);
-                if fresh {
-                    self.checkin(key, Sender::H2(tx));
+        let res = match self.checkout(&key) {
+            Some(sender) => match self.send_on(sender, key.clone(), false, req, body).await {
+                // The reused connection closed before the request was written to it (the app
+                // timed out an idle keep-alive connection, or sent GOAWAY): nothing reached the
+                // app, so the request goes once more, on a new connection.
+                Err(WaitError::Unsent(req, _)) => {
+                    let sender = self.open(dest).await?;
+                    self.send_on(sender, key, true, *req, body).await
                 }
-                wait_response(fut, body, self.connector.response_timeout).await
+                r => r,
+            },
+            None => {
+                let sender = self.open(dest).await?;
+                self.send_on(sender, key, true, req, body).await
             }
         };
         res.map_err(|e| match e {
@@ -159,14 +151,44 @@ impl Upstream {
                 addr: dest.authority(),
                 after,
             },
-            WaitError::Hyper(_) if body.client_failed() => {
+            WaitError::Hyper(_) | WaitError::Unsent(..) if body.client_failed() => {
                 ForwardError::ClientBody { source: None }
             }
-            WaitError::Hyper(source) => ForwardError::Upstream {
+            WaitError::Hyper(source) | WaitError::Unsent(_, source) => ForwardError::Upstream {
                 addr: dest.authority(),
                 source: std::sync::Arc::new(source),
             },
         })
+    }
+
+    /// Sends `req` on `sender`, kept for the next request (HTTP/1) or shared (HTTP/2, `fresh`
+    /// only: a reused one is in the slot already).
+    async fn send_on(
+        &self,
+        sender: Sender,
+        key: DestKey,
+        fresh: bool,
+        req: Request<RequestBody>,
+        body: &BodyState,
+    ) -> Result<Response<Incoming>, WaitError> {
+        let timeout = self.connector.response_timeout;
+        match sender {
+            Sender::H1(mut tx) => {
+                if let Err(e) = tx.ready().await {
+                    return Err(WaitError::Unsent(Box::new(req), e));
+                }
+                let fut = tx.try_send_request(req);
+                self.checkin(key, Sender::H1(tx));
+                wait_response(fut, body, timeout).await
+            }
+            Sender::H2(mut tx) => {
+                let fut = tx.try_send_request(req);
+                if fresh {
+                    self.checkin(key, Sender::H2(tx));
+                }
+                wait_response(fut, body, timeout).await
+            }
+        }
     }
 
     fn checkout(&self, key: &DestKey) -> Option<Sender> {
@@ -229,22 +251,35 @@ impl Upstream {
 enum WaitError {
     Timeout(Duration),
     Hyper(hyper::Error),
+    /// The connection handed the request back before writing any of it.
+    Unsent(Box<Request<RequestBody>>, hyper::Error),
 }
+
+impl From<TrySendError<Request<RequestBody>>> for WaitError {
+    fn from(mut e: TrySendError<Request<RequestBody>>) -> Self {
+        match e.take_message() {
+            Some(req) => WaitError::Unsent(Box::new(req), e.into_error()),
+            None => WaitError::Hyper(e.into_error()),
+        }
+    }
+}
+
+type Sent = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
 
 /// The response headers, waiting at most `timeout` after the body has been sent.
 async fn wait_response(
-    fut: impl std::future::Future<Output = Result<Response<Incoming>, hyper::Error>>,
+    fut: impl std::future::Future<Output = Sent>,
     body: &BodyState,
     timeout: Duration,
 ) -> Result<Response<Incoming>, WaitError> {
     tokio::pin!(fut);
     tokio::select! {
         biased;
-        r = &mut fut => return r.map_err(WaitError::Hyper),
+        r = &mut fut => return r.map_err(WaitError::from),
         () = body.ended() => {}
     }
     match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(WaitError::Hyper),
+        Ok(r) => r.map_err(WaitError::from),
         Err(_) => Err(WaitError::Timeout(timeout)),
     }
 }
