@@ -146,6 +146,52 @@ async fn connection_nominating_traceparent_cannot_strip_the_injected_context() {
     assert!(!seen.headers.contains_key("tracestate"), "{seen:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_streams_of_an_h2_connection_share_one_upstream_connection() {
+    let app = App::start(Behaviour::Delay(Duration::from_millis(100))).await;
+    let p = untraced("h2-single")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .start()
+        .await;
+    let stream = TcpStream::connect(p.inbound()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake with the proxy");
+    tokio::spawn(conn);
+    let calls = (0..20).map(|i| {
+        let mut sender = sender.clone();
+        async move {
+            let req = client::request(
+                Method::GET,
+                &format!("http://app/{i}"),
+                "",
+                &[],
+                support::body::empty(),
+            );
+            let rsp = sender.send_request(req).await.expect("a stream");
+            rsp.status()
+        }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let seen = app.wait_for_requests(20, DEADLINE).await;
+    let mut peers: Vec<_> = seen.iter().map(|r| r.peer).collect();
+    peers.sort();
+    peers.dedup();
+    assert_eq!(
+        peers.len(),
+        1,
+        "one downstream connection, upstream connections: {peers:?}"
+    );
+}
+
 /// A request body that sends one chunk every `every`, `chunks` times.
 fn paced_body(chunks: usize, every: Duration) -> (BoxBody, Vec<u8>) {
     let chunk = Bytes::from_static(b"0123456789abcdef");

@@ -43,7 +43,14 @@ impl Connector {
         &self,
         dest: &Destination,
     ) -> Result<(TcpStream, SocketAddr), ForwardError> {
-        let addrs = self.own.resolve(dest).await?;
+        // Name resolution counts against the connect timeout: a resolver that hangs (search
+        // domains, an unreachable DNS server) is a connect that does not happen.
+        let addrs = tokio::time::timeout(self.connect_timeout, self.own.resolve(dest))
+            .await
+            .map_err(|_| ForwardError::ConnectTimeout {
+                addr: dest.authority(),
+                after: self.connect_timeout,
+            })??;
         let mut last = None;
         for addr in addrs {
             let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr));
@@ -98,6 +105,9 @@ pub struct Upstream {
     connector: Connector,
     h2: bool,
     slot: Mutex<Option<Pooled>>,
+    /// HTTP/2: one connection is opened at a time, so the first streams of a downstream
+    /// connection share it instead of each opening its own. Taken only when the slot is empty.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -114,6 +124,7 @@ impl Upstream {
             connector,
             h2,
             slot: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -141,6 +152,24 @@ impl Upstream {
                 }
                 r => r,
             },
+            None if self.h2 => {
+                // Held while opening only, never while a response is awaited.
+                let sender = {
+                    let _opening = self.opening.lock().await;
+                    match self.checkout(&key) {
+                        // Another stream opened it meanwhile.
+                        Some(sender) => sender,
+                        None => {
+                            let sender = self.open(dest).await?;
+                            if let Sender::H2(tx) = &sender {
+                                self.checkin(key.clone(), Sender::H2(tx.clone()));
+                            }
+                            sender
+                        }
+                    }
+                };
+                self.send_on(sender, key, false, req, body).await
+            }
             None => {
                 let sender = self.open(dest).await?;
                 self.send_on(sender, key, true, req, body).await
