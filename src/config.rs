@@ -128,20 +128,20 @@ pub struct ProxyArgs {
     #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// TCP connect timeout towards the app or upstream (then 504).
-    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value = DEFAULT_CONNECT_TIMEOUT, value_parser = parse_timeout)]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream's response headers (then 504).
-    #[arg(long, env = ENV_RESPONSE_TIMEOUT, default_value = DEFAULT_RESPONSE_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = ENV_RESPONSE_TIMEOUT, default_value = DEFAULT_RESPONSE_TIMEOUT, value_parser = parse_timeout)]
     pub response_timeout: Duration,
     /// Time allowed for a client to send a request head (then the connection is closed).
-    #[arg(long, env = ENV_HEADER_READ_TIMEOUT, default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = ENV_HEADER_READ_TIMEOUT, default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = parse_timeout)]
     pub header_read_timeout: Duration,
     /// Idle connections (no request in flight, no bytes moving) are closed after this.
-    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = ENV_IDLE_TIMEOUT, default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_timeout)]
     pub idle_timeout: Duration,
     /// How long a client may take to send enough bytes to tell its protocol; then the
     /// connection is closed (never relayed unparsed).
-    #[arg(long, env = ENV_DETECT_TIMEOUT, default_value = DEFAULT_DETECT_TIMEOUT, value_parser = parse_duration)]
+    #[arg(long, env = ENV_DETECT_TIMEOUT, default_value = DEFAULT_DETECT_TIMEOUT, value_parser = parse_timeout)]
     pub detect_timeout: Duration,
     /// Destination ports relayed as opaque TCP without protocol detection: server-first
     /// protocols (MySQL, SMTP, ...) and anything that must never be parsed as HTTP
@@ -178,9 +178,28 @@ fn parse_propagators(s: &str) -> Result<Propagators, String> {
     Propagators::parse(s).map_err(|e| e.to_string())
 }
 
-/// Parses `500ms`, `10s`, `2m`, ... (humantime). A bare number is rejected: units are not guessed.
+/// The longest any duration flag may be: far past any sensible timeout or delay, and small
+/// enough that a deadline `now + d` cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses `500ms`, `10s`, `2m`, ... (humantime), up to [`MAX_DURATION`]. A bare number is
+/// rejected: units are not guessed.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?}: longer than a year"));
+    }
+    Ok(d)
+}
+
+/// A [`parse_duration`] that must be longer than zero: a zero timeout would close every
+/// connection at once (and a zero HTTP/2 keep-alive interval is no interval).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: a timeout must be longer than zero"));
+    }
+    Ok(d)
 }
 
 /// Limits and timeouts shared by both listeners' connections.
@@ -598,6 +617,19 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         TelemetryConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_and_durations_bounded() {
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_timeout("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("500000000y").is_err());
+        assert!(parse_duration("2y")
+            .unwrap_err()
+            .contains("longer than a year"));
     }
 
     #[test]
