@@ -53,8 +53,9 @@ pub const ENV_NODE_NAME: &str = "TRACEMESH_NODE_NAME";
 pub const DEFAULT_INBOUND_LISTEN: &str = "0.0.0.0:4143";
 pub const DEFAULT_OUTBOUND_LISTEN: &str = "127.0.0.1:4140";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:4191";
-/// Kubernetes' default `terminationGracePeriodSeconds` is 30 s; leave room for the span flush.
-pub const DEFAULT_SHUTDOWN_GRACE: &str = "25s";
+/// Kubernetes' default `terminationGracePeriodSeconds` is 30 s: the 5 s drain delay, this, and
+/// room for the span flush fit in it.
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "20s";
 /// Istio's sidecar default (`terminationDrainDuration`): long enough for the endpoint controller
 /// and kube-proxy to drop a pod that has started terminating, so late clients are still served.
 pub const DEFAULT_DRAIN_DELAY: &str = "5s";
