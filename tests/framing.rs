@@ -23,7 +23,10 @@ use support::{
     recorder::TcpRecorder,
     DEADLINE,
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 /// How long the proxy may take to answer a refused request and close the connection.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
@@ -236,6 +239,69 @@ async fn ambiguous_body_framing_is_refused_400_and_never_reaches_the_app() {
     ];
     let problems = refuse_all(&p, &app, &cases).await;
     assert_no_problems(&problems, cases.len());
+}
+
+/// A later request on a keep-alive connection gets the same answer as a first one: hyper, left
+/// alone, would forward it with chunked framing; the proxy refuses it, and the app sees only
+/// the first request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_on_a_later_keep_alive_request_is_refused_400() {
+    let app = TcpRecorder::start().await;
+    let p = untraced("framing-later", app.addr()).start().await;
+
+    let forms = [
+        format!(
+            "POST /a HTTP/1.1\r\nHost: app\r\nContent-Length: {}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}",
+            5 + SMUGGLED.len()
+        ),
+        format!(
+            "POST /a HTTP/1.1\r\nHost: app\r\ntransfer-encoding: chunked\r\n\
+             content-length: 4\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n",
+            SMUGGLED.len()
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (n, smuggle) in forms.iter().enumerate() {
+        let mut stream = TcpStream::connect(p.inbound()).await.unwrap();
+        let first = format!("GET /first-{n} HTTP/1.1\r\nHost: app\r\n\r\n");
+        stream.write_all(first.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\nok") {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(DEADLINE, stream.read(&mut chunk))
+                .await
+                .expect("the first request's answer")
+                .unwrap();
+            assert!(n > 0, "closed after the first request: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+        stream.write_all(smuggle.as_bytes()).await.unwrap();
+        let (bytes, closed) = client::read_until_closed(&mut stream, CLOSE_WITHIN).await;
+        let answer = Answer { bytes, closed };
+        let lines = answer.status_lines();
+        if lines.len() != 1 || !is_400(&lines[0]) {
+            problems.push(format!(
+                "form {n}: want one `HTTP/1.1 400`, got {lines:?} in {}",
+                answer.text()
+            ));
+        }
+        if !answer.closed {
+            problems.push(format!("form {n}: connection still open"));
+        }
+        probe(&p, &app, n).await;
+    }
+    let seen: Vec<String> = not_probes(&app)
+        .iter()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    if seen.len() != forms.len() || seen.iter().any(|c| !c.starts_with("GET /first-")) {
+        problems.push(format!(
+            "the app may see only the first requests, saw {seen:?}"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -19,6 +19,8 @@ use std::{
 };
 
 use prometheus_client::metrics::gauge::Gauge;
+
+use super::head::HeadScan;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{Notify, OwnedSemaphorePermit},
@@ -91,6 +93,10 @@ pub struct Activity {
     last: AtomicU64,
     /// Milliseconds since `epoch` + 1 when the current head's first byte arrived; 0 for none.
     head_started: AtomicU64,
+    /// HTTP/1: requests ended so far, which tells [`HeadScan`] where a new head starts.
+    ended: AtomicU64,
+    /// HTTP/1: the head read last carries both `Content-Length` and `Transfer-Encoding`.
+    ambiguous: AtomicBool,
     wake: Notify,
 }
 
@@ -115,6 +121,8 @@ impl Activity {
             progress: AtomicU64::new(0),
             last: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            ambiguous: AtomicBool::new(false),
             wake: Notify::new(),
         })
     }
@@ -151,6 +159,11 @@ impl Activity {
             Mode::Http2 => {}
             Mode::Bytes => self.last.store(self.now_ms(), Ordering::Release),
         }
+    }
+
+    /// Whether the request head just parsed carries both framings (and forget it).
+    pub fn take_ambiguous(&self) -> bool {
+        self.ambiguous.load(Ordering::Relaxed) && self.ambiguous.swap(false, Ordering::Relaxed)
     }
 
     /// A request's head was parsed and the request is being served: the connection is busy
@@ -221,6 +234,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
         a.last.store(a.now_ms(), Ordering::Release);
+        a.ended.fetch_add(1, Ordering::Relaxed);
         if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             a.wake.notify_one();
         }
@@ -234,21 +248,25 @@ impl std::fmt::Debug for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    /// An I/O stream whose reads are reported to an [`Activity`].
+    /// An I/O stream whose reads are reported to an [`Activity`]; on HTTP/1 its request heads
+    /// pass a [`HeadScan`] on their way to hyper.
     pub struct Watched<T> {
         #[pin]
         io: T,
         activity: Arc<Activity>,
         read: u64,
+        scan: Option<Box<HeadScan>>,
     }
 }
 
 impl<T> Watched<T> {
     pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        let scan = (activity.mode == Mode::Http1).then(|| Box::new(HeadScan::new()));
         Watched {
             io,
             activity,
             read: 0,
+            scan,
         }
     }
 
@@ -270,7 +288,15 @@ impl<T: AsyncRead> AsyncRead for Watched<T> {
         let n = buf.filled().len() - before;
         if matches!(res, Poll::Ready(Ok(()))) && n > 0 {
             *this.read += n as u64;
-            this.activity.on_read();
+            let a = &**this.activity;
+            a.on_read();
+            if let Some(scan) = this.scan {
+                let idle = a.in_flight.load(Ordering::Acquire) == 0;
+                let ended = a.ended.load(Ordering::Relaxed);
+                if scan.feed(ended, idle, &buf.filled()[before..]) {
+                    a.ambiguous.store(true, Ordering::Relaxed);
+                }
+            }
         }
         res
     }

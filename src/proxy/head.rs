@@ -1,127 +1,155 @@
-//! The first HTTP/1 request head of a connection, read whole before hyper sees it, for the one
-//! framing check hyper cannot be asked to make: a request with both `Content-Length` and
-//! `Transfer-Encoding` (RFC 9112 §6.3 lets a server reject it, and a proxy should, since the two
-//! framings disagree about where the next request starts). hyper resolves it silently (chunked
-//! wins, the connection closes after the response), so the raw head is checked here and the
-//! request is refused with 400 by the stack (see `Sanitize`).
+//! Finds the one framing ambiguity hyper resolves silently: a request head with both
+//! `Content-Length` and `Transfer-Encoding` (RFC 9112 §6.3 lets a server reject it, and a proxy
+//! should, since the two framings disagree about where the next request starts). hyper lets
+//! chunked win and closes after the response; the stack refuses such a request with 400
+//! instead (see `Sanitize`), so the raw head is looked at here, as its bytes pass on their way
+//! to hyper.
 //!
-//! Only the first head of a connection is read ahead; for later ones on a keep-alive connection
-//! hyper's resolution stands, which still delivers one unambiguous message to the app and then
-//! closes. The read is bounded by `--max-header-bytes` and `--header-read-timeout` from the
-//! first byte; a head larger than the bound is left to hyper, which answers 431.
+//! [`HeadScan`] sits in a connection's [`Watched`](super::conn::Watched) reader. It scans from
+//! the first byte of a head (a read while no request is in flight, after the previous one
+//! ended) to the head's empty line, and then nothing until the next request has ended: body
+//! bytes are never scanned. A later head that hyper had already buffered with an earlier
+//! request (pipelining) is not seen, and hyper's resolution stands for it: one unambiguous
+//! message to the app, then the connection closes.
 
-use bytes::BytesMut;
-use tokio::{io::AsyncReadExt, net::TcpStream};
+/// A head longer than this is not scanned further (hyper answers 431 long before).
+const MAX_SCAN: usize = 1 << 20;
 
-use crate::config::Limits;
+/// The first bytes of a line kept for matching: `transfer-encoding:` is the longest name.
+const NAME: usize = 18;
 
-/// Header lines looked at; hyper's own limit is 100, and more is answered 431 there.
-const MAX_HEADERS: usize = 128;
-
-pub enum FirstHead {
-    /// The bytes read so far (the whole head, or as much as the bound allows).
-    Read { buf: BytesMut, ambiguous: bool },
-    /// The head did not arrive within the header read timeout.
-    TimedOut,
-    /// The client closed before the head was complete.
-    Closed,
+#[derive(Debug)]
+pub struct HeadScan {
+    /// Requests ended on the connection when this head's scan started.
+    generation: u64,
+    done: bool,
+    scanned: usize,
+    /// Non-empty lines of this head so far (the request line included).
+    lines: u32,
+    line_len: usize,
+    name: [u8; NAME],
+    content_length: bool,
+    transfer_encoding: bool,
 }
 
-/// Reads until `buf` holds a whole request head (or `max_header_bytes`), then checks it.
-pub async fn read_first(
-    stream: &mut TcpStream,
-    mut buf: BytesMut,
-    limits: &Limits,
-) -> std::io::Result<FirstHead> {
-    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-    loop {
-        if let Some(end) = head_end(&buf) {
-            let ambiguous = both_framings(&buf[..end]);
-            return Ok(FirstHead::Read { buf, ambiguous });
-        }
-        if buf.len() >= limits.max_header_bytes {
-            return Ok(FirstHead::Read {
-                buf,
-                ambiguous: false,
-            });
-        }
-        buf.reserve(4096);
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_elapsed) => return Ok(FirstHead::TimedOut),
-            Ok(Ok(0)) => return Ok(FirstHead::Closed),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e),
-        }
-    }
-}
+// === impl HeadScan ===
 
-/// Where the head ends: after the first empty line (CRLF CRLF, or bare LFs as httparse allows).
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    // Leading empty lines are not the end of a head (RFC 9112 §2.2).
-    while let Some(rest) = buf.get(start..) {
-        if rest.starts_with(b"\r\n") {
-            start += 2;
-        } else if rest.starts_with(b"\n") {
-            start += 1;
-        } else {
-            break;
+impl HeadScan {
+    pub fn new() -> Self {
+        HeadScan {
+            generation: 0,
+            done: false,
+            scanned: 0,
+            lines: 0,
+            line_len: 0,
+            name: [0; NAME],
+            content_length: false,
+            transfer_encoding: false,
         }
     }
-    let mut i = start;
-    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
-        let nl = i + off;
-        let next = &buf[nl + 1..];
-        if next.starts_with(b"\n") {
-            return Some(nl + 2);
-        }
-        if next.starts_with(b"\r\n") {
-            return Some(nl + 3);
-        }
-        i = nl + 1;
-    }
-    None
-}
 
-/// Both `Content-Length` and `Transfer-Encoding` in one head. A head httparse cannot parse is
-/// hyper's to refuse.
-fn both_framings(head: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return false;
+    /// Looks at bytes just read, `ended` being the connection's count of ended requests and
+    /// `idle` whether none is in flight (a head starts only then; one begun is read to its
+    /// end). Returns true when they complete a head that carries both framings.
+    pub fn feed(&mut self, ended: u64, idle: bool, bytes: &[u8]) -> bool {
+        if ended != self.generation {
+            *self = HeadScan {
+                generation: ended,
+                ..HeadScan::new()
+            };
+        }
+        if self.done || (self.scanned == 0 && !idle) {
+            return false;
+        }
+        for &b in bytes {
+            self.scanned += 1;
+            if b != b'\n' {
+                if let Some(slot) = self.name.get_mut(self.line_len) {
+                    *slot = b.to_ascii_lowercase();
+                }
+                self.line_len += 1;
+                continue;
+            }
+            let empty = self.line_len == 0 || (self.line_len == 1 && self.name[0] == b'\r');
+            if empty {
+                // Empty lines before the request line are allowed (RFC 9112 §2.2).
+                if self.lines > 0 {
+                    self.done = true;
+                    return self.content_length && self.transfer_encoding;
+                }
+            } else {
+                if self.lines > 0 {
+                    let line = &self.name[..self.line_len.min(NAME)];
+                    self.content_length |= line.starts_with(b"content-length:");
+                    self.transfer_encoding |= line.starts_with(b"transfer-encoding:");
+                }
+                self.lines += 1;
+            }
+            self.line_len = 0;
+        }
+        if self.scanned > MAX_SCAN {
+            self.done = true;
+        }
+        false
     }
-    let has = |name: &str| {
-        req.headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case(name))
-    };
-    has("content-length") && has("transfer-encoding")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_head_ends_at_the_first_empty_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), Some(27));
-        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
-        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\r\n\r\n"), Some(20));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    fn scan(chunks: &[&[u8]]) -> bool {
+        let mut s = HeadScan::new();
+        chunks.iter().any(|c| s.feed(0, true, c))
     }
 
     #[test]
     fn content_length_with_transfer_encoding_is_ambiguous() {
         let smuggle = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\
                         Transfer-Encoding: chunked\r\n\r\n";
-        assert!(both_framings(smuggle));
-        let te_first =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 6\r\n\r\n";
-        assert!(both_framings(te_first));
-        assert!(!both_framings(
+        assert!(scan(&[smuggle]));
+        let te_first = b"\r\nPOST / HTTP/1.1\nTransfer-Encoding: chunked\ncontent-LENGTH: 6\n\n";
+        assert!(scan(&[te_first]));
+        assert!(!scan(&[
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n"
-        ));
-        assert!(!both_framings(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"));
+        ]));
+        assert!(!scan(&[b"POST / HTTP/1.1\r\nX-A: content-length: 1\r\n\
+                          Transfer-Encoding: chunked\r\n\r\n"]));
+    }
+
+    #[test]
+    fn a_head_split_at_any_byte_is_seen_whole() {
+        let smuggle: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 6\r\n\
+                               Transfer-Encoding: chunked\r\n\r\n";
+        for cut in 0..smuggle.len() {
+            let (a, b) = smuggle.split_at(cut);
+            assert!(scan(&[a, b]), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn body_bytes_are_not_scanned_until_the_request_has_ended() {
+        let mut s = HeadScan::new();
+        assert!(!s.feed(0, true, b"POST / HTTP/1.1\r\nContent-Length: 60\r\n\r\n"));
+        let body = b"x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!s.feed(0, true, body), "a body that looks like a head");
+        assert!(
+            !s.feed(1, false, body),
+            "a body read while a request is in flight"
+        );
+        let next = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (a, b) = next.split_at(20);
+        assert!(!s.feed(2, true, a));
+        assert!(
+            s.feed(2, false, b),
+            "a head begun while idle is read to its end"
+        );
+    }
+
+    #[test]
+    fn the_request_line_is_not_a_header() {
+        assert!(!scan(&[
+            b"content-length: /\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ]));
     }
 }

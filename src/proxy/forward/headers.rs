@@ -11,10 +11,7 @@
 //! refused with 400 (RFC 9112 §6.1).
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -25,6 +22,7 @@ use http::{
 };
 
 use super::ForwardError;
+use crate::proxy::conn::Activity;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 6] = [
@@ -40,21 +38,18 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 /// see it (see the module docs). A framing error rides to the forwarder in an extension, so
 /// the answer (400) passes through the span and RED layers like any other.
 ///
-/// `ambiguous_first` marks a connection whose first request head was found ambiguous before
-/// hyper parsed it (`Content-Length` together with `Transfer-Encoding`, which hyper resolves
+/// On HTTP/1, `activity` says whether the head just parsed carried both `Content-Length` and
+/// `Transfer-Encoding` (found by the connection's `HeadScan`, since hyper resolves it
 /// silently): that request is refused the same way.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Sanitize<S> {
     inner: S,
-    ambiguous_first: Option<Arc<AtomicBool>>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl<S> Sanitize<S> {
-    pub fn new(inner: S, ambiguous_first: bool) -> Self {
-        Sanitize {
-            inner,
-            ambiguous_first: ambiguous_first.then(|| Arc::new(AtomicBool::new(true))),
-        }
+    pub fn new(inner: S, activity: Option<Arc<Activity>>) -> Self {
+        Sanitize { inner, activity }
     }
 }
 
@@ -74,11 +69,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if req.version() < Version::HTTP_2 {
-            let first_ambiguous = self
-                .ambiguous_first
-                .as_ref()
-                .is_some_and(|f| f.swap(false, Ordering::AcqRel));
-            let framing = if first_ambiguous {
+            let ambiguous = self.activity.as_ref().is_some_and(|a| a.take_ambiguous());
+            let framing = if ambiguous {
                 Err(ForwardError::Framing(
                     "both Content-Length and Transfer-Encoding",
                 ))
