@@ -2,17 +2,20 @@
 //!
 //! The data path builds a small [`SpanRecord`] (IDs, timings, and cheap `Bytes`-backed clones
 //! of the request's method, URI and a few headers) and hands it to a bounded queue with
-//! `try_send`; a full queue drops the span and counts it. One export task turns records into
-//! OpenTelemetry `SpanData` (where the attribute allocations happen, off the request path) and
-//! ships batches with opentelemetry-otlp, or prints them, or hands them to an in-process sink.
+//! `try_send`; a full queue drops the span and counts it. One export task encodes batches of
+//! records straight into OTLP protobuf (attributes are derived there, off the request path) and
+//! ships them to the collector, or prints them, or hands them to an in-process sink.
 //! Export can never slow or fail a request.
 //!
 //! Not owned here: header formats ([`crate::context`]) and the metric registry
 //! ([`crate::metrics`]).
 
+pub mod encode;
 pub mod export;
 pub mod sampling;
+pub mod semconv;
 pub mod spans;
+pub mod transport;
 
 use std::{
     net::SocketAddr,

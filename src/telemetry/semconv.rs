@@ -1,0 +1,246 @@
+//! What a [`SpanRecord`] says in OpenTelemetry's terms: its attributes per the HTTP and RPC
+//! semantic conventions, its name, and its status. Written once, read by both the OTLP encoder
+//! ([`super::encode`]) and the `SpanData` conversion of the console and in-memory exporters, so
+//! every exporter says the same thing.
+//!
+//! Values are handed to an [`AttributeSink`] as borrowed strings and integers; the few that
+//! must be formatted (an IP address, `url.full`) go through one caller-owned scratch `String`,
+//! so the OTLP encoder allocates nothing per span.
+
+use std::fmt::Write as _;
+
+use super::{Outcome, SpanKind, SpanRecord};
+use crate::config::routes::Route;
+
+/// Receives a span's attributes in order.
+pub trait AttributeSink {
+    fn str(&mut self, key: &'static str, value: &str);
+    fn int(&mut self, key: &'static str, value: i64);
+}
+
+/// The span's status, per the conventions: a server span is an error on 5xx, a client span on
+/// 4xx and 5xx; for gRPC, the server errs on the codes that mean a server fault, the client on
+/// any non-OK code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanStatus {
+    /// `Some(message)` for an error.
+    pub error: Option<String>,
+    /// `error.type`, when the span says why it failed (an error, or a client's own fault).
+    pub error_type: Option<String>,
+}
+
+impl SpanStatus {
+    fn unset() -> Self {
+        SpanStatus {
+            error: None,
+            error_type: None,
+        }
+    }
+}
+
+/// gRPC status codes that the RPC conventions count as a server's fault.
+fn grpc_server_fault(code: i32) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+/// The record's status. Allocates only for spans with an error type (the error path).
+pub fn status(r: &SpanRecord) -> SpanStatus {
+    let with = |error: Option<String>, error_type: &str| SpanStatus {
+        error,
+        error_type: Some(error_type.to_owned()),
+    };
+    match &r.outcome {
+        // The client's own fault (ambiguous framing, a broken body) is a 4xx: not a server
+        // error, as for any 4xx a server answers.
+        Outcome::Failed(e) if e.client_fault && r.kind == SpanKind::Server => {
+            return with(None, e.error_type)
+        }
+        Outcome::Failed(e) => return with(Some(e.message.to_string()), e.error_type),
+        Outcome::BodyError => {
+            return with(
+                Some("response body failed before its end".to_owned()),
+                "body_error",
+            )
+        }
+        // A client that goes away is not the server's fault (as gRPC CANCELLED is not a server
+        // fault in the RPC conventions): the server span says why but stays Unset. For a
+        // client span, a call that did not complete is an error.
+        Outcome::Cancelled => {
+            let error = (r.kind == SpanKind::Client)
+                .then(|| "cancelled: the response was dropped before its end".to_owned());
+            return with(error, "cancelled");
+        }
+        Outcome::Complete => {}
+    }
+    if r.grpc {
+        if let Some(code) = r.grpc_status {
+            let is_error = match r.kind {
+                SpanKind::Server => grpc_server_fault(code),
+                SpanKind::Client => code != 0,
+            };
+            if !is_error {
+                return SpanStatus::unset();
+            }
+            // grpc-message is percent-encoded on the wire (gRPC over HTTP/2 spec).
+            let msg = r
+                .grpc_message
+                .as_ref()
+                .and_then(|m| m.to_str().ok())
+                .map(|m| crate::config::percent_decode(m).unwrap_or_else(|| m.to_owned()))
+                .unwrap_or_default();
+            let message = format!("grpc-status {code} {msg}").trim_end().to_owned();
+            return with(Some(message), &code.to_string());
+        }
+    }
+    match r.status {
+        Some(s) if s.is_server_error() || (r.kind == SpanKind::Client && s.is_client_error()) => {
+            with(
+                Some(format!("HTTP {}", s.as_u16())),
+                &s.as_u16().to_string(),
+            )
+        }
+        _ => SpanStatus::unset(),
+    }
+}
+
+/// The span name into `out` (cleared first): `service/method` for gRPC, `METHOD route` with a
+/// matched route, else the method.
+pub fn name(r: &SpanRecord, out: &mut String) {
+    out.clear();
+    if r.grpc {
+        if let Some((service, method)) = r.uri.path().trim_start_matches('/').split_once('/') {
+            let _ = write!(out, "{service}/{method}");
+            return;
+        }
+    }
+    out.push_str(r.method.as_str());
+    if let Some(Route::Matched(route)) = r.route {
+        out.push(' ');
+        out.push_str(route);
+    }
+}
+
+/// The record's attributes, in a fixed order, then `error.type` from `status`.
+pub fn attributes(
+    r: &SpanRecord,
+    status: &SpanStatus,
+    scratch: &mut String,
+    out: &mut impl AttributeSink,
+) {
+    let path = r.uri.path();
+    let method = crate::metrics::red::method_label(&r.method);
+    out.str("http.request.method", method);
+    if method == "_OTHER" {
+        out.str("http.request.method_original", r.method.as_str());
+    }
+    out.str("url.scheme", "http");
+    out.str("url.path", path);
+    let authority = r.uri.authority().cloned().or_else(|| {
+        r.host
+            .as_ref()
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+    });
+    if let Some(a) = &authority {
+        out.str("server.address", a.host());
+        out.int("server.port", i64::from(a.port_u16().unwrap_or(80)));
+        if r.kind == SpanKind::Client {
+            scratch.clear();
+            let _ = write!(scratch, "http://{a}{path}");
+            out.str("url.full", scratch);
+        }
+    }
+    if let Some(status) = r.status {
+        out.int("http.response.status_code", i64::from(status.as_u16()));
+    }
+    out.str(
+        "network.protocol.version",
+        match r.version {
+            http::Version::HTTP_10 => "1.0",
+            http::Version::HTTP_2 => "2",
+            _ => "1.1",
+        },
+    );
+    let peer = match r.kind {
+        SpanKind::Server => Some(("client.address", "client.port", r.client)),
+        SpanKind::Client => r
+            .upstream
+            .map(|up| ("network.peer.address", "network.peer.port", up)),
+    };
+    if let Some((address, port, addr)) = peer {
+        scratch.clear();
+        let _ = write!(scratch, "{}", addr.ip());
+        out.str(address, scratch);
+        out.int(port, i64::from(addr.port()));
+    }
+    if let Some(ua) = r.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+        out.str("user_agent.original", ua);
+    }
+    if let Some(Route::Matched(route)) = r.route {
+        out.str("http.route", route);
+    }
+    if r.grpc {
+        out.str("rpc.system", "grpc");
+        if let Some((service, method)) = path.trim_start_matches('/').split_once('/') {
+            out.str("rpc.service", service);
+            out.str("rpc.method", method);
+        }
+        if let Some(code) = r.grpc_status {
+            out.int("rpc.grpc.status_code", i64::from(code));
+        }
+    }
+    if let Some(t) = &status.error_type {
+        out.str("error.type", t);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::context::{SpanContext, SpanId, TraceFlags, TraceId};
+
+    pub(crate) fn record(kind: SpanKind, grpc_status: Option<i32>, outcome: Outcome) -> SpanRecord {
+        SpanRecord {
+            kind,
+            context: SpanContext {
+                trace_id: TraceId([7; 16]),
+                span_id: SpanId([8; 8]),
+                flags: TraceFlags::SAMPLED,
+            },
+            parent: Some(SpanId([9; 8])),
+            tracestate: None,
+            start: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            duration: Duration::from_millis(5),
+            method: http::Method::POST,
+            uri: "/pkg.Svc/Do?x=1".parse().unwrap(),
+            host: Some(http::HeaderValue::from_static("svc:8080")),
+            version: http::Version::HTTP_2,
+            user_agent: None,
+            client: "127.0.0.1:5000".parse().unwrap(),
+            upstream: None,
+            grpc: grpc_status.is_some(),
+            route: None,
+            status: Some(http::StatusCode::OK),
+            grpc_status,
+            grpc_message: Some(http::HeaderValue::from_static("asked%20to%20fail")),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_decoded_into_the_status() {
+        let s = status(&record(SpanKind::Server, Some(13), Outcome::Complete));
+        assert_eq!(s.error.as_deref(), Some("grpc-status 13 asked to fail"));
+        assert_eq!(s.error_type.as_deref(), Some("13"));
+    }
+
+    #[test]
+    fn client_cancel_is_not_a_server_error_but_is_a_client_error() {
+        let s = status(&record(SpanKind::Server, None, Outcome::Cancelled));
+        assert_eq!(s.error, None);
+        assert_eq!(s.error_type.as_deref(), Some("cancelled"));
+        let s = status(&record(SpanKind::Client, None, Outcome::Cancelled));
+        assert!(s.error.is_some());
+    }
+}
