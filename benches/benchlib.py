@@ -23,6 +23,9 @@ LEG_NAMES = {
     "tracemesh-notrace": "tracemesh inbound, exporter none",
     "tracemesh-nored": "tracemesh inbound, tracing on, RED metrics off",
     "tracemesh-hop": "tracemesh outbound → inbound",
+    "floor": "floor: minimal hyper proxy (no tracing)",
+    "tracemesh-1w": "tracemesh, tracing on, 1 worker, both CPUs",
+    "tracemesh-2w": "tracemesh, tracing on, 2 workers, both CPUs",
 }
 LEG_ORDER = list(LEG_NAMES)
 PROTO_NAMES = {"h1": "HTTP/1.1", "h2c": "h2c"}
@@ -182,14 +185,15 @@ def report(results_path, meta_path):
     w("")
     any_tm = False
     for proto in ("h1", "h2c"):
-        refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "envoy")}
-        for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop"):
+        refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "envoy", "floor")}
+        for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
+                    "tracemesh-1w", "tracemesh-2w"):
             d = by.get((leg, proto))
             if not d or d.get("skipped") or "closed" not in d:
                 continue
             if not any_tm:
-                w("| tracemesh leg | proto | metric | ÷ nginx | ÷ Envoy+OTel | ÷ direct |")
-                w("|---|---|---|--:|--:|--:|")
+                w("| tracemesh leg | proto | metric | ÷ nginx | ÷ Envoy+OTel | ÷ floor | ÷ direct |")
+                w("|---|---|---|--:|--:|--:|--:|")
                 any_tm = True
             metrics = [
                 ("closed-loop req/s", "closed", "rps", True),
@@ -198,10 +202,11 @@ def report(results_path, meta_path):
                 ("fixed-rate p99", "fixed", "p99", True),
                 ("CPU per 1k req/s", "proc", "cpu_pct_per_krps", False),
                 ("RSS", "proc", "rss_mib", False),
+                ("KiB per idle keep-alive connection", "proc", "idle_kib_per_conn", False),
             ]
             for label, kind, key, vs_direct in metrics:
                 mine = d.get(kind, {}).get(key)
-                cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "envoy")]
+                cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "envoy", "floor")]
                 cells.append(ratio(mine, refs["direct"].get(kind, {}).get(key)) if vs_direct else "—")
                 w("| %s | %s | %s | %s |" % (LEG_NAMES[leg], PROTO_NAMES[proto], label, " | ".join(cells)))
     if not any_tm:
@@ -222,6 +227,48 @@ def report(results_path, meta_path):
     sys.stdout.write("\n".join(out))
 
 
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open("/proc/%d/status" % pid):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def idle_kib(port, n, proto, pids):
+    """Opens n keep-alive connections to 127.0.0.1:port, sends one request on each (HTTP/1.1,
+    or h2c with prior knowledge: preface, SETTINGS and one HEADERS frame) and reads its answer,
+    then holds them all open: the RSS growth of `pids`, in KiB per connection."""
+    import socket
+    import time
+    before = rss_kib(pids)
+    socks = []
+    h2_req = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+              + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS, empty
+              # HEADERS, END_STREAM|END_HEADERS, stream 1: :method GET, :scheme http, :path /,
+              # :authority a (HPACK: indexed 2, 6, 4; literal without indexing of name 1 "a")
+              + b"\x00\x00\x06\x01\x05\x00\x00\x00\x01" + b"\x82\x86\x84\x01\x01a")
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(h2_req if proto == "h2c" else b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        socks.append(s)
+    for s in socks:
+        s.settimeout(5)
+        try:
+            s.recv(65536)
+        except OSError:
+            pass
+    time.sleep(1.0)
+    after = rss_kib(pids)
+    for s in socks:
+        s.close()
+    return (after - before) / float(n)
+
+
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else ""
     if cmd == "wrk" and len(argv) == 5:
@@ -230,6 +277,8 @@ def main(argv):
         print(json.dumps(parse_h2load(argv[2], argv[3], argv[4], argv[5], argv[6])))
     elif cmd == "report" and len(argv) == 4:
         report(argv[2], argv[3])
+    elif cmd == "idle" and len(argv) == 6:
+        print("%.2f" % idle_kib(int(argv[2]), int(argv[3]), argv[4], [int(p) for p in argv[5].split()]))
     else:
         sys.exit(__doc__)
 

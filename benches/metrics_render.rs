@@ -37,7 +37,11 @@ fn main() {
                         trace_id: TraceId::random(),
                         span_id: SpanId::random(),
                     };
-                    red.observe(&labels, Duration::from_micros(300 + i * 700), Some(ex));
+                    red.observe(
+                        &labels,
+                        Duration::from_micros(300 + i * 700),
+                        Some((ex, std::time::SystemTime::now())),
+                    );
                 }
                 series += 1;
             }

@@ -117,7 +117,9 @@ pub struct ProxyArgs {
     /// address and the port the client dialled).
     #[arg(long, env = ENV_APP_ADDR)]
     pub app_addr: Option<SocketAddr>,
-    /// Runtime worker threads. Default: the CPUs this process may use (affinity and cgroup quota).
+    /// Data-path threads, each a single-threaded runtime with its own inbound and outbound
+    /// sockets (SO_REUSEPORT). Default: the CPUs this process may use (affinity and cgroup
+    /// quota).
     #[arg(long, env = ENV_WORKERS)]
     pub workers: Option<NonZeroUsize>,
     /// Trace context formats injected towards the next hop: tracecontext, b3, b3multi. Every

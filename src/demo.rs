@@ -139,6 +139,7 @@ impl Service {
             opaque_ports: Vec::new(),
             // Nothing routes to the demo's proxies through a load balancer: stop at once.
             drain_delay: Duration::ZERO,
+            workers: 1,
         };
         let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
             "OTEL_SERVICE_NAME" => Some(name.to_owned()),

@@ -1,6 +1,14 @@
 //! The `tracemesh` binary: parses the command line into a configuration and calls into the
 //! library. No logic lives here.
 
+// The allocator: chosen by measurement (BENCHMARKS.md, "Allocator").
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -134,7 +142,12 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     let workers = args.workers.unwrap_or_else(config::default_workers).get();
-    let rt = runtime(workers);
+    // The data path runs on `workers` threads of its own (proxy::workers); this runtime has
+    // the admin listener, span export and signals.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building the Tokio runtime");
     let result: anyhow::Result<()> = rt.block_on(async {
         let exporter = tracemesh::telemetry::Exporter::from_config(&telemetry)?;
         let proxy_config = tracemesh::proxy::ProxyConfig {
@@ -149,6 +162,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             red_metrics: !args.disable_red_metrics,
             opaque_ports: args.opaque_ports.clone(),
             drain_delay: args.drain_delay,
+            workers,
         };
         tracing::info!(
             workers,
@@ -186,14 +200,6 @@ async fn wait_for_signal() {
     }
 }
 
-fn runtime(workers: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()
-        .expect("building the Tokio runtime")
-}
-
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -202,4 +208,13 @@ fn init_logging(default: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// The work-stealing runtime of the webhook and the demo (the proxy has its own workers).
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+        .expect("building the Tokio runtime")
 }

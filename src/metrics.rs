@@ -101,7 +101,8 @@ impl Metrics {
     /// A registry with the health metrics, and the RED pair when `red` is true.
     pub fn new(red: bool) -> Self {
         let mut registry = Registry::default();
-        let red = red.then(|| red::Red::register(&mut registry));
+        // RED is rendered by `red` itself (see `render_openmetrics`), not by the registry.
+        let red = red.then(red::Red::new);
         registry.register_collector(Box::new(process::ProcessCollector::new()));
 
         let open = Family::<DirectionLabels, Gauge>::default();
@@ -218,6 +219,13 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        // The RED families go before the registry's closing `# EOF`.
+        if let Some(red) = &self.red {
+            let eof = out.rfind("# EOF\n").unwrap_or(out.len());
+            out.truncate(eof);
+            red.render(&mut out);
+            out.push_str("# EOF\n");
+        }
         out
     }
 

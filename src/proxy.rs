@@ -15,6 +15,7 @@ pub mod inbound;
 pub mod io;
 pub mod opaque;
 pub mod outbound;
+pub mod workers;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -71,12 +72,15 @@ pub struct ProxyConfig {
     pub opaque_ports: Vec<u16>,
     /// On shutdown, how long to keep accepting before the listeners close (see [`start`]).
     pub drain_delay: Duration,
+    /// Data-path threads, each with its own listener sockets (see [`workers`]); at least one.
+    pub workers: usize,
 }
 
-/// The proxy's listeners, bound before anything else starts.
+/// The proxy's listeners, bound before anything else starts: one inbound and one outbound
+/// socket per worker (`SO_REUSEPORT`, all on the same address), and the admin listener.
 pub struct Listeners {
-    pub inbound: TcpListener,
-    pub outbound: TcpListener,
+    pub inbound: Vec<std::net::TcpListener>,
+    pub outbound: Vec<std::net::TcpListener>,
     pub admin: TcpListener,
 }
 
@@ -89,29 +93,45 @@ pub struct Bound {
 }
 
 impl Listeners {
-    /// Binds all three listeners.
+    /// Binds all listeners: `workers` sockets each for inbound and outbound.
     ///
     /// # Errors
     /// Any bind failure, naming the listener.
     pub async fn bind(config: &ProxyConfig) -> Result<Self, BindError> {
-        let bind = |name: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| BindError { name, addr, source })
+        let workers = config.workers.max(1);
+        let reuse = |name: &'static str, addr: SocketAddr| {
+            let err = |source| BindError { name, addr, source };
+            let first = workers::bind_reuseport(addr).map_err(err)?;
+            // Port 0 is resolved by the first socket; the others join it.
+            let at = first.local_addr().map_err(err)?;
+            let mut all = vec![first];
+            for _ in 1..workers {
+                all.push(workers::bind_reuseport(at).map_err(err)?);
+            }
+            Ok::<_, BindError>(all)
         };
+        let admin = config.admin_listen;
         Ok(Listeners {
-            inbound: bind("inbound", config.inbound_listen).await?,
-            outbound: bind("outbound", config.outbound_listen).await?,
-            admin: bind("admin", config.admin_listen).await?,
+            inbound: reuse("inbound", config.inbound_listen)?,
+            outbound: reuse("outbound", config.outbound_listen)?,
+            admin: TcpListener::bind(admin).await.map_err(|source| BindError {
+                name: "admin",
+                addr: admin,
+                source,
+            })?,
         })
     }
 
     pub fn bound(&self) -> Bound {
-        let a = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let a =
+            |l: &std::net::TcpListener| l.local_addr().expect("a bound listener has an address");
         Bound {
-            inbound: a(&self.inbound),
-            outbound: a(&self.outbound),
-            admin: a(&self.admin),
+            inbound: a(&self.inbound[0]),
+            outbound: a(&self.outbound[0]),
+            admin: self
+                .admin
+                .local_addr()
+                .expect("a bound listener has an address"),
         }
     }
 }
@@ -186,21 +206,17 @@ fn stack(
     Sanitize::new(span.layer(Rescue::new(forward)), head_scan)
 }
 
-/// Accepts connections until `shutdown`, serving each on `tracker`.
+/// Accepts connections until `shutdown`, serving each on `tracker`. `permits` holds the
+/// listener's `--max-connections`, shared by every worker's socket of this listener.
 pub async fn serve(
     direction: Direction,
     listener: TcpListener,
+    permits: Arc<Semaphore>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
     loop {
-        // At the connection limit, stop accepting: clients wait in the kernel's backlog.
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
@@ -212,6 +228,13 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        // At the connection limit, the connection just accepted waits, unserved, for a slot, and
+        // this socket accepts no more: later clients wait in the kernel's backlog. (The permit
+        // is taken after accept: taken before, each worker's socket would hold one in reserve.)
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -520,19 +543,21 @@ pub async fn start(
         admin_stop.clone(),
     ));
     let tracker = TaskTracker::new();
-    let accept = [
-        (Direction::Inbound, listeners.inbound),
-        (Direction::Outbound, listeners.outbound),
-    ]
-    .map(|(direction, listener)| {
-        tokio::spawn(serve(
-            direction,
-            listener,
-            shared.clone(),
-            stop.clone(),
-            tracker.clone(),
-        ))
-    });
+    // Cancelled when the grace period is over: workers stop waiting for their connections.
+    let halt = CancellationToken::new();
+    let pairs = listeners
+        .inbound
+        .into_iter()
+        .zip(listeners.outbound)
+        .collect();
+    let mut workers =
+        workers::Workers::start(pairs, &shared, &stop, &halt, &tracker).map_err(|source| {
+            BindError {
+                name: "worker",
+                addr: bound.inbound,
+                source,
+            }
+        })?;
     drop(shared);
     ready.set(true);
     tracing::info!(
@@ -552,7 +577,9 @@ pub async fn start(
             "not ready; serving new connections during the drain delay"
         );
         tokio::time::sleep(delay).await;
-        stop_accepting(&stop, accept).await;
+        stop.cancel();
+        workers.listeners_closed().await;
+        tracing::info!("listeners closed; no new connections");
         tracker.close();
         tracing::info!(connections = tracker.len(), ?grace, "draining");
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -561,6 +588,9 @@ pub async fn start(
                 "grace period over; closing remaining connections"
             );
         }
+        halt.cancel();
+        // Off the runtime: the workers' threads end once their runtimes have stopped.
+        let _ = tokio::task::spawn_blocking(move || workers.join()).await;
         export.shutdown().await;
         admin_stop.cancel();
         tracing::info!("stopped");
@@ -570,14 +600,4 @@ pub async fn start(
         shutdown,
         done,
     })
-}
-
-/// Cancels `stop` and waits for the accept loops to return: each drops its listener on the way
-/// out, so once this returns the ports are closed and a new connect is refused by the kernel.
-async fn stop_accepting(stop: &CancellationToken, accept: [tokio::task::JoinHandle<()>; 2]) {
-    stop.cancel();
-    for a in accept {
-        let _ = a.await;
-    }
-    tracing::info!("listeners closed; no new connections");
 }

@@ -107,8 +107,17 @@ struct TelemetryInner {
     sampler: Sampler,
     propagators: Propagators,
     routes: crate::config::routes::Routes,
-    queue: Option<mpsc::Sender<SpanRecord>>,
+    queue: Option<SpanQueue>,
     metrics: Metrics,
+}
+
+/// The sending end of the export queue. The export task is woken when a batch's worth is
+/// queued (and by its own timer), not once per span: at a few thousand spans a second, a
+/// wake-up per span cost more than the span.
+pub struct SpanQueue {
+    pub tx: mpsc::Sender<SpanRecord>,
+    pub wake: Arc<tokio::sync::Notify>,
+    pub batch: i64,
 }
 
 impl Telemetry {
@@ -118,7 +127,7 @@ impl Telemetry {
         sampler: Sampler,
         propagators: Propagators,
         routes: crate::config::routes::Routes,
-        queue: Option<mpsc::Sender<SpanRecord>>,
+        queue: Option<SpanQueue>,
         metrics: Metrics,
     ) -> Self {
         Telemetry(Arc::new(TelemetryInner {
@@ -155,9 +164,12 @@ impl Telemetry {
     /// and counts the drop.
     pub fn submit(&self, record: SpanRecord) {
         if let Some(queue) = &self.0.queue {
-            match queue.try_send(record) {
+            match queue.tx.try_send(record) {
                 Ok(()) => {
-                    self.0.metrics.export.queue_depth.inc();
+                    let depth = self.0.metrics.export.queue_depth.inc() + 1;
+                    if depth == queue.batch {
+                        queue.wake.notify_one();
+                    }
                 }
                 Err(_) => {
                     self.0.metrics.export.dropped.inc();

@@ -107,6 +107,7 @@ impl SpanSink {
 /// The export task: owns the queue's receiving end.
 pub struct ExportTask {
     rx: mpsc::Receiver<SpanRecord>,
+    wake: Arc<tokio::sync::Notify>,
     exporter: Exporter,
     batch: BatchConfig,
     timeout: Duration,
@@ -123,11 +124,18 @@ impl ExportTask {
         config: &TelemetryConfig,
         exporter: Exporter,
         metrics: ExportMetrics,
-    ) -> (mpsc::Sender<SpanRecord>, Self) {
+    ) -> (super::SpanQueue, Self) {
         let (tx, rx) = mpsc::channel(config.batch.max_queue_size);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let queue = super::SpanQueue {
+            tx,
+            wake: wake.clone(),
+            batch: i64::try_from(config.batch.max_export_batch_size).unwrap_or(i64::MAX),
+        };
         let encoder = matches!(exporter, Exporter::Otlp(_))
             .then(|| Encoder::new(&config.resource, "tracemesh", env!("CARGO_PKG_VERSION")));
         let task = ExportTask {
+            wake,
             encoder,
             rx,
             exporter,
@@ -139,7 +147,7 @@ impl ExportTask {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
         };
-        (tx, task)
+        (queue, task)
     }
 
     /// Runs until `shutdown` fires or every sender is gone, then exports what is queued (each
@@ -150,23 +158,25 @@ impl ExportTask {
         let mut tick = tokio::time::interval(self.batch.schedule_delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let room = max - batch.len();
+            // Woken by a full batch or the schedule; then everything queued goes out in batches.
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                n = self.rx.recv_many(&mut batch, room) => {
-                    if n == 0 {
-                        break;
-                    }
-                    self.metrics.queue_depth.dec_by(n as i64);
-                    if batch.len() < max {
-                        continue;
-                    }
-                }
+                _ = self.wake.notified() => {}
                 _ = tick.tick() => {}
             }
-            if !batch.is_empty() {
+            loop {
+                let n = self.take(&mut batch, max);
+                if batch.is_empty() {
+                    break;
+                }
                 self.export(&mut batch).await;
+                if n < max {
+                    break;
+                }
+            }
+            if self.rx.is_closed() && self.rx.is_empty() {
+                break;
             }
         }
         // Flush: what was queued before shutdown, in batches.
@@ -180,6 +190,22 @@ impl ExportTask {
         if !batch.is_empty() {
             self.export(&mut batch).await;
         }
+    }
+
+    /// Moves up to `max` queued records into `batch`; returns how many.
+    fn take(&mut self, batch: &mut Vec<SpanRecord>, max: usize) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.rx.try_recv() {
+                Ok(r) => {
+                    batch.push(r);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.metrics.queue_depth.dec_by(n as i64);
+        n
     }
 
     /// Exports and empties `records` (its capacity is kept for the next batch).

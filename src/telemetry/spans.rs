@@ -243,6 +243,10 @@ impl Pending {
 
     fn finish(self, outcome: Option<Outcome>) {
         let duration = self.start.elapsed();
+        // The exemplar's timestamp is the span's end, from the record: no second clock read.
+        let exemplar = self
+            .exemplar
+            .zip(self.record.as_ref().map(|r| r.start + duration));
         if let Some(mut red) = self.red {
             match &outcome {
                 Some(Outcome::Cancelled) => red.error_type = Some("cancelled"),
@@ -259,7 +263,7 @@ impl Pending {
                         g.method = metrics.grpc_method(uri.path());
                     }
                 }
-                metrics.observe(&red, duration, self.exemplar);
+                metrics.observe(&red, duration, exemplar);
             }
         }
         if let Some(mut record) = self.record {
