@@ -263,9 +263,26 @@ fn trim_ows(value: &[u8]) -> &[u8] {
     &value[start..end]
 }
 
+/// Chunk size of the per-thread arena header values are cut from.
+const ARENA_CHUNK: usize = 4096;
+
+thread_local! {
+    /// Where this thread's injected header values live: each value is a slice of a shared
+    /// chunk, so a `traceparent` costs no allocation of its own (one chunk serves ~70).
+    static ARENA: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// A header value made of hex digits and `-`, which are always valid in a header.
 fn ascii_value(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).expect("hex digits and '-' are valid header value bytes")
+    let shared = ARENA.with_borrow_mut(|arena| {
+        if arena.capacity() < bytes.len() {
+            *arena = bytes::BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
+        }
+        arena.extend_from_slice(bytes);
+        arena.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(shared).expect("hex digits and '-' are valid header value bytes")
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ use crate::{
     config::Limits,
     context::Propagators,
     metrics::Metrics,
-    telemetry::{SpanKind, SpanLayer, Telemetry},
+    telemetry::{SpanLayer, Telemetry},
 };
 
 /// HTTP/2 limits per connection. Streams a client may open at once (Envoy and Go's default is
@@ -181,10 +181,7 @@ fn stack(
 > + Clone
        + Send
        + 'static {
-    let kind = match parts.direction {
-        Direction::Inbound => SpanKind::Server,
-        Direction::Outbound => SpanKind::Client,
-    };
+    let kind = parts.direction;
     let shared = parts.shared;
     let upstream = parts.target.addr();
     let head_scan = (!parts.h2).then(|| parts.activity.clone());

@@ -15,6 +15,7 @@ pub mod export;
 pub mod sampling;
 pub mod semconv;
 pub mod spans;
+pub mod text;
 pub mod transport;
 
 use std::{
@@ -23,7 +24,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use http::{HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, StatusCode, Version};
 use tokio::sync::mpsc;
 
 pub use self::{
@@ -33,32 +34,24 @@ pub use self::{
 };
 use crate::{
     context::{Propagators, SpanContext, SpanId},
-    metrics::Metrics,
+    metrics::{Direction, Metrics},
 };
-
-/// `SpanKind::Server` for inbound, `SpanKind::Client` for outbound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpanKind {
-    Server,
-    Client,
-}
 
 /// Everything a finished span needs, captured on the data path without formatting anything.
 #[derive(Debug, Clone)]
 pub struct SpanRecord {
-    pub kind: SpanKind,
+    /// Inbound spans are SERVER spans, outbound ones CLIENT spans.
+    pub kind: Direction,
     pub context: SpanContext,
     pub parent: Option<SpanId>,
     pub tracestate: Option<HeaderValue>,
     pub start: SystemTime,
     pub duration: Duration,
     pub method: Method,
-    pub uri: Uri,
-    /// `Host` as the client sent it (HTTP/1; for HTTP/2 the URI carries `:authority`). Kept as
-    /// the header value, a cheap clone, and parsed only at export.
-    pub host: Option<HeaderValue>,
+    /// Path, authority, `Host` (HTTP/1; for HTTP/2 the URI carries `:authority`) and
+    /// `User-Agent`, copied (see [`text`] for why not shared).
+    pub text: text::RequestText,
     pub version: Version,
-    pub user_agent: Option<HeaderValue>,
     /// The peer that sent the request.
     pub client: SocketAddr,
     /// Where the request went: the app (inbound) or the upstream (outbound), when known.

@@ -24,8 +24,11 @@ use tracemesh::{
     telemetry::Exporter,
 };
 
-/// Allocations per traced request that this test accepts. Measured: see the assertion message.
-const MAX_ALLOCATIONS_PER_REQUEST: f64 = 12.0;
+/// Allocations per traced request that this test accepts. Measured on 2026-12-01: 8.1, of
+/// which 6 are hyper's own (two read-buffer reservations and two buffer splits, the response
+/// body channel, the client dispatch oneshot) and 2 ours (the forward future's box and the
+/// request body's shared state); export adds well under 0.1 per span.
+const MAX_ALLOCATIONS_PER_REQUEST: f64 = 9.0;
 
 /// Requests counted (after a warm-up of the same size).
 const REQUESTS: u64 = 4000;

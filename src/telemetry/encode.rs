@@ -17,8 +17,9 @@ use bytes::{BufMut, BytesMut};
 
 use super::{
     semconv::{self, AttributeSink},
-    SpanKind, SpanRecord,
+    SpanRecord,
 };
+use crate::metrics::Direction;
 
 const LEN: u8 = 2;
 const I64: u8 = 1;
@@ -168,8 +169,8 @@ impl Encoder {
         put_varint(
             b,
             match r.kind {
-                SpanKind::Server => 2,
-                SpanKind::Client => 3,
+                Direction::Inbound => 2,
+                Direction::Outbound => 3,
             },
         );
         let start = unix_nanos(r.start);
@@ -264,7 +265,10 @@ mod tests {
     use crate::{
         config::routes::Route,
         context::SpanId,
-        telemetry::{semconv::tests::record, Failure, Outcome},
+        telemetry::{
+            semconv::tests::{record, text},
+            Failure, Outcome,
+        },
     };
 
     fn resource() -> Vec<(String, String)> {
@@ -277,41 +281,40 @@ mod tests {
     /// A spread of records: every optional field set and unset, errors, both kinds.
     fn records() -> Vec<SpanRecord> {
         let mut v = vec![
-            record(SpanKind::Server, Some(0), Outcome::Complete),
-            record(SpanKind::Server, Some(13), Outcome::Complete),
-            record(SpanKind::Client, None, Outcome::Cancelled),
+            record(Direction::Inbound, Some(0), Outcome::Complete),
+            record(Direction::Inbound, Some(13), Outcome::Complete),
+            record(Direction::Outbound, None, Outcome::Cancelled),
         ];
-        let mut r = record(SpanKind::Client, None, Outcome::Complete);
+        let mut r = record(Direction::Outbound, None, Outcome::Complete);
         r.parent = None;
         r.method = http::Method::GET;
         r.version = http::Version::HTTP_11;
-        r.uri = "/orders/42?x=1".parse().unwrap();
+        r.text = text("/orders/42?x=1", Some("svc:8080"), Some("curl/8.0"));
         r.route = Some(Route::Matched("/orders/{id}"));
         r.upstream = Some("[2001:db8::1]:8080".parse().unwrap());
-        r.user_agent = Some(http::HeaderValue::from_static("curl/8.0"));
         r.tracestate = Some(http::HeaderValue::from_static("vendor=1,ot=th:8"));
         r.status = Some(http::StatusCode::SERVICE_UNAVAILABLE);
         v.push(r);
-        let mut r = record(SpanKind::Server, None, Outcome::Complete);
+        let mut r = record(Direction::Inbound, None, Outcome::Complete);
         r.outcome = Outcome::Failed(Failure {
             error_type: "bad_framing",
             message: "ambiguous request framing".into(),
             client_fault: true,
         });
         r.method = http::Method::from_bytes(b"PURGE").unwrap();
-        r.host = None;
+        r.text = text("/pkg.Svc/Do?x=1", None, None);
         r.status = Some(http::StatusCode::BAD_REQUEST);
         r.parent = Some(SpanId([1; 8]));
         r.duration = std::time::Duration::from_nanos(1);
         v.push(r);
-        let mut r = record(SpanKind::Client, None, Outcome::Complete);
+        let mut r = record(Direction::Outbound, None, Outcome::Complete);
         r.outcome = Outcome::Failed(Failure {
             error_type: "connect_error",
             message: "connecting to 10.0.0.1:80: refused".into(),
             client_fault: false,
         });
         r.status = Some(http::StatusCode::BAD_GATEWAY);
-        r.uri = "http://app.ns.svc:8080/x".parse().unwrap();
+        r.text = text("http://app.ns.svc:8080/x", Some("ignored:1"), None);
         v.push(r);
         v
     }

@@ -30,11 +30,11 @@ use super::{
     encode::Encoder,
     semconv::{self, AttributeSink},
     transport::{EndpointError, OtlpClient},
-    SpanKind, SpanRecord,
+    SpanRecord,
 };
 use crate::{
     config::{BatchConfig, TelemetryConfig, TracesExporter},
-    metrics::ExportMetrics,
+    metrics::{Direction, ExportMetrics},
 };
 
 /// Where batches go.
@@ -302,8 +302,8 @@ pub fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanData {
             .map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.0)),
         parent_span_is_remote: r.parent.is_some(),
         span_kind: match r.kind {
-            SpanKind::Server => OtelSpanKind::Server,
-            SpanKind::Client => OtelSpanKind::Client,
+            Direction::Inbound => OtelSpanKind::Server,
+            Direction::Outbound => OtelSpanKind::Client,
         },
         name: Cow::Owned(name),
         start_time: r.start,
@@ -353,7 +353,10 @@ mod tests {
     #[test]
     fn grpc_span_is_named_service_slash_method_and_drops_the_query() {
         let scope = InstrumentationScope::builder("t").build();
-        let data = to_span_data(record(SpanKind::Server, Some(0), Outcome::Complete), &scope);
+        let data = to_span_data(
+            record(Direction::Inbound, Some(0), Outcome::Complete),
+            &scope,
+        );
         assert_eq!(data.name, "pkg.Svc/Do");
         let attr = |k: &str| {
             data.attributes

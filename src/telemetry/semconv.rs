@@ -9,8 +9,9 @@
 
 use std::fmt::Write as _;
 
-use super::{Outcome, SpanKind, SpanRecord};
+use super::{text::host_port, Outcome, SpanRecord};
 use crate::config::routes::Route;
+use crate::metrics::Direction;
 
 /// Receives a span's attributes in order.
 pub trait AttributeSink {
@@ -52,7 +53,7 @@ pub fn status(r: &SpanRecord) -> SpanStatus {
     match &r.outcome {
         // The client's own fault (ambiguous framing, a broken body) is a 4xx: not a server
         // error, as for any 4xx a server answers.
-        Outcome::Failed(e) if e.client_fault && r.kind == SpanKind::Server => {
+        Outcome::Failed(e) if e.client_fault && r.kind == Direction::Inbound => {
             return with(None, e.error_type)
         }
         Outcome::Failed(e) => return with(Some(e.message.to_string()), e.error_type),
@@ -66,7 +67,7 @@ pub fn status(r: &SpanRecord) -> SpanStatus {
         // fault in the RPC conventions): the server span says why but stays Unset. For a
         // client span, a call that did not complete is an error.
         Outcome::Cancelled => {
-            let error = (r.kind == SpanKind::Client)
+            let error = (r.kind == Direction::Outbound)
                 .then(|| "cancelled: the response was dropped before its end".to_owned());
             return with(error, "cancelled");
         }
@@ -75,8 +76,8 @@ pub fn status(r: &SpanRecord) -> SpanStatus {
     if r.grpc {
         if let Some(code) = r.grpc_status {
             let is_error = match r.kind {
-                SpanKind::Server => grpc_server_fault(code),
-                SpanKind::Client => code != 0,
+                Direction::Inbound => grpc_server_fault(code),
+                Direction::Outbound => code != 0,
             };
             if !is_error {
                 return SpanStatus::unset();
@@ -93,7 +94,9 @@ pub fn status(r: &SpanRecord) -> SpanStatus {
         }
     }
     match r.status {
-        Some(s) if s.is_server_error() || (r.kind == SpanKind::Client && s.is_client_error()) => {
+        Some(s)
+            if s.is_server_error() || (r.kind == Direction::Outbound && s.is_client_error()) =>
+        {
             with(
                 Some(format!("HTTP {}", s.as_u16())),
                 &s.as_u16().to_string(),
@@ -108,7 +111,7 @@ pub fn status(r: &SpanRecord) -> SpanStatus {
 pub fn name(r: &SpanRecord, out: &mut String) {
     out.clear();
     if r.grpc {
-        if let Some((service, method)) = r.uri.path().trim_start_matches('/').split_once('/') {
+        if let Some((service, method)) = r.text.path().trim_start_matches('/').split_once('/') {
             let _ = write!(out, "{service}/{method}");
             return;
         }
@@ -127,7 +130,7 @@ pub fn attributes(
     scratch: &mut String,
     out: &mut impl AttributeSink,
 ) {
-    let path = r.uri.path();
+    let path = r.text.path();
     let method = crate::metrics::red::method_label(&r.method);
     out.str("http.request.method", method);
     if method == "_OTHER" {
@@ -135,15 +138,11 @@ pub fn attributes(
     }
     out.str("url.scheme", "http");
     out.str("url.path", path);
-    let authority = r.uri.authority().cloned().or_else(|| {
-        r.host
-            .as_ref()
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-    });
-    if let Some(a) = &authority {
-        out.str("server.address", a.host());
-        out.int("server.port", i64::from(a.port_u16().unwrap_or(80)));
-        if r.kind == SpanKind::Client {
+    let authority = r.text.authority().or(r.text.host());
+    if let Some((a, (host, port))) = authority.and_then(|a| Some((a, host_port(a)?))) {
+        out.str("server.address", host);
+        out.int("server.port", i64::from(port));
+        if r.kind == Direction::Outbound {
             scratch.clear();
             let _ = write!(scratch, "http://{a}{path}");
             out.str("url.full", scratch);
@@ -161,8 +160,8 @@ pub fn attributes(
         },
     );
     let peer = match r.kind {
-        SpanKind::Server => Some(("client.address", "client.port", r.client)),
-        SpanKind::Client => r
+        Direction::Inbound => Some(("client.address", "client.port", r.client)),
+        Direction::Outbound => r
             .upstream
             .map(|up| ("network.peer.address", "network.peer.port", up)),
     };
@@ -172,7 +171,7 @@ pub fn attributes(
         out.str(address, scratch);
         out.int(port, i64::from(addr.port()));
     }
-    if let Some(ua) = r.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+    if let Some(ua) = r.text.user_agent() {
         out.str("user_agent.original", ua);
     }
     if let Some(Route::Matched(route)) = r.route {
@@ -198,9 +197,24 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::context::{SpanContext, SpanId, TraceFlags, TraceId};
+    use crate::{
+        context::{SpanContext, SpanId, TraceFlags, TraceId},
+        telemetry::text::RequestText,
+    };
 
-    pub(crate) fn record(kind: SpanKind, grpc_status: Option<i32>, outcome: Outcome) -> SpanRecord {
+    pub(crate) fn text(uri: &str, host: Option<&str>, ua: Option<&str>) -> RequestText {
+        RequestText::new(
+            &uri.parse().unwrap(),
+            host.map(str::as_bytes),
+            ua.map(str::as_bytes),
+        )
+    }
+
+    pub(crate) fn record(
+        kind: Direction,
+        grpc_status: Option<i32>,
+        outcome: Outcome,
+    ) -> SpanRecord {
         SpanRecord {
             kind,
             context: SpanContext {
@@ -213,10 +227,8 @@ pub(crate) mod tests {
             start: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             duration: Duration::from_millis(5),
             method: http::Method::POST,
-            uri: "/pkg.Svc/Do?x=1".parse().unwrap(),
-            host: Some(http::HeaderValue::from_static("svc:8080")),
+            text: text("/pkg.Svc/Do?x=1", Some("svc:8080"), None),
             version: http::Version::HTTP_2,
-            user_agent: None,
             client: "127.0.0.1:5000".parse().unwrap(),
             upstream: None,
             grpc: grpc_status.is_some(),
@@ -230,17 +242,17 @@ pub(crate) mod tests {
 
     #[test]
     fn grpc_message_is_percent_decoded_into_the_status() {
-        let s = status(&record(SpanKind::Server, Some(13), Outcome::Complete));
+        let s = status(&record(Direction::Inbound, Some(13), Outcome::Complete));
         assert_eq!(s.error.as_deref(), Some("grpc-status 13 asked to fail"));
         assert_eq!(s.error_type.as_deref(), Some("13"));
     }
 
     #[test]
     fn client_cancel_is_not_a_server_error_but_is_a_client_error() {
-        let s = status(&record(SpanKind::Server, None, Outcome::Cancelled));
+        let s = status(&record(Direction::Inbound, None, Outcome::Cancelled));
         assert_eq!(s.error, None);
         assert_eq!(s.error_type.as_deref(), Some("cancelled"));
-        let s = status(&record(SpanKind::Client, None, Outcome::Cancelled));
+        let s = status(&record(Direction::Outbound, None, Outcome::Cancelled));
         assert!(s.error.is_some());
     }
 }

@@ -3,7 +3,8 @@
 //! ends when the response body ends, so streaming time is inside the span. The RED metrics are
 //! observed at the same moment, from the same record, with the span's IDs as exemplar.
 //!
-//! The same layer serves both directions; only [`SpanKind`] differs. Errors never reach it:
+//! The same layer serves both directions: an inbound span is a SERVER span, an outbound one a
+//! CLIENT span ([`Direction`]). Errors never reach it:
 //! the rescue layer below turns forwarding failures into responses and puts the cause in a
 //! response extension, which this layer reads for the span's status.
 
@@ -21,7 +22,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{Failure, Outcome, SpanKind, SpanRecord, Telemetry};
+use super::{Failure, Outcome, SpanRecord, Telemetry};
 use crate::{
     context::{self, SpanContext, SpanId, TraceFlags},
     metrics::{
@@ -40,7 +41,7 @@ const GRPC_UNIMPLEMENTED: u8 = 12;
 pub struct SpanLayer(Arc<LayerInner>);
 
 struct LayerInner {
-    kind: SpanKind,
+    kind: Direction,
     telemetry: Telemetry,
     client: SocketAddr,
     upstream: Option<SocketAddr>,
@@ -48,7 +49,7 @@ struct LayerInner {
 
 impl SpanLayer {
     pub fn new(
-        kind: SpanKind,
+        kind: Direction,
         telemetry: Telemetry,
         client: SocketAddr,
         upstream: Option<SocketAddr>,
@@ -136,10 +137,12 @@ where
                 start: SystemTime::now(),
                 duration: Default::default(),
                 method: req.method().clone(),
-                uri: req.uri().clone(),
-                host: headers.get(header::HOST).cloned(),
+                text: super::text::RequestText::new(
+                    req.uri(),
+                    headers.get(header::HOST).map(HeaderValue::as_bytes),
+                    headers.get(header::USER_AGENT).map(HeaderValue::as_bytes),
+                ),
                 version: req.version(),
-                user_agent: headers.get(header::USER_AGENT).cloned(),
                 client: layer.client,
                 upstream: layer.upstream,
                 grpc,
@@ -152,10 +155,7 @@ where
         });
         // RED counts every request, sampled or not; only sampled ones carry an exemplar.
         let red = telemetry.metrics().red.as_ref().map(|_| RedLabels {
-            direction: match layer.kind {
-                SpanKind::Server => Direction::Inbound,
-                SpanKind::Client => Direction::Outbound,
-            },
+            direction: layer.kind,
             method: method_label(req.method()),
             status_code: 0,
             route,
