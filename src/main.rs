@@ -1,13 +1,20 @@
 //! The `tracemesh` binary: parses the command line into a configuration and calls into the
 //! library. No logic lives here.
 
-// The allocator: chosen by measurement (BENCHMARKS.md, "Allocator").
-#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator: jemalloc, chosen by measurement against the system allocator and mimalloc
+// (BENCHMARKS.md, "Allocator"). Two arenas (the worker threads keep their own caches), and
+// freed pages go back to the OS after a second rather than ten, which keeps RSS after a burst
+// near the system allocator's.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 50] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{io::IsTerminal, process::ExitCode};
 
