@@ -158,14 +158,15 @@ impl ExportTask {
         let mut tick = tokio::time::interval(self.batch.schedule_delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // Woken by a full batch or the schedule; then everything queued goes out in batches.
-            tokio::select! {
+            // Woken by a full batch: full batches go out, a remainder waits. Woken by the
+            // schedule: everything queued goes, the last batch partial.
+            let scheduled = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = self.wake.notified() => {}
-                _ = tick.tick() => {}
-            }
-            loop {
+                _ = self.wake.notified() => false,
+                _ = tick.tick() => true,
+            };
+            while scheduled || self.rx.len() >= max {
                 let n = self.take(&mut batch, max);
                 if batch.is_empty() {
                     break;
