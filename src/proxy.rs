@@ -36,7 +36,7 @@ pub use self::forward::{
     Connector, Forward, ForwardError, ProxyBody, Rescue, Sanitize, SelfAddrs, StreamContext, Target,
 };
 use self::{
-    conn::{Activity, ConnGuard, Expired, Mode, Watched},
+    conn::{Activity, ConnGuard, Expired, Mode, Watched, WhenWoken},
     detect::Protocol,
     io::PrefixedIo,
 };
@@ -347,17 +347,20 @@ async fn serve_connection(
                 .serve_connection(TokioIo::new(io), svc)
                 .with_upgrades();
             tokio::pin!(conn);
+            let expired = WhenWoken::new(activity.expired());
+            tokio::pin!(expired);
             let res = tokio::select! {
+                biased;
                 r = conn.as_mut() => r,
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     // A head still trickling in must not hold the drain.
                     tokio::select! {
                         r = conn.as_mut() => r,
-                        _ = activity.expired() => return,
+                        _ = &mut expired => return,
                     }
                 }
-                why = activity.expired() => {
+                why = &mut expired => {
                     match why {
                         Expired::HeaderRead => refuse("header_read_timeout"),
                         Expired::Stalled => refuse("stalled"),
@@ -391,13 +394,16 @@ async fn serve_connection(
                 .keep_alive_timeout(Duration::from_secs(20));
             let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
+            let expired = WhenWoken::new(activity.expired());
+            tokio::pin!(expired);
             let res = tokio::select! {
+                biased;
                 r = conn.as_mut() => r,
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
-                why = activity.expired() => {
+                why = &mut expired => {
                     tracing::debug!(?why, %peer, "closing http/2 connection");
                     conn.as_mut().graceful_shutdown();
                     conn.await
