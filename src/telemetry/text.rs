@@ -2,11 +2,11 @@
 //! `User-Agent`), copied out of the request into one inline buffer when the span starts.
 //!
 //! A span record used to keep `Uri` and `HeaderValue` clones instead. Those are cheap, but they
-//! share hyper's connection read buffer: while a record waited in the export queue, hyper could
-//! not reuse that buffer and allocated a fresh 8 KiB one for the next request, on both the
-//! server and the client side, and the queue pinned up to a buffer per queued span. Copying the
-//! ~100 bytes that matter costs less than either. Text that does not fit inline goes to the heap
-//! (one allocation, for unusually long paths or agents).
+//! share hyper's connection read buffer (8 KiB), so each record kept its request's buffer alive
+//! until export: the queue pinned up to one buffer per queued span (RSS 32 MiB instead of 14 in
+//! the benchmark once the exporter drained per batch). Copying the ~100 bytes that matter costs
+//! less. Text that does not fit inline goes to the heap (one allocation, for unusually long
+//! paths or agents).
 
 /// Bytes kept inline; paths, authorities and agents of ordinary requests fit.
 const INLINE: usize = 240;
