@@ -27,7 +27,7 @@
 #   BENCH_WRK_CONNECTIONS=32  BENCH_H2_CONNECTIONS=8  BENCH_H2_STREAMS=16
 #   BENCH_RATE=1000  BENCH_RATE_CONNECTIONS=10  BENCH_RATE_H2_STREAMS=10
 #   BENCH_PORT_BASE=28400   first port tried; every server gets a fresh free port above it
-#   BENCH_LOAD_CPU=0  BENCH_PROXY_CPU=1
+#   BENCH_LOAD_CPU=0  BENCH_PROXY_CPU=1  BENCH_SINK_CPU=<load CPU>  (where the OTLP sink runs)
 #   BENCH_OTLP_PROTOCOL=http/protobuf   (or grpc: the sink also answers OTLP/gRPC)
 #   BENCH_NOTE="..."        a banner line for the report (e.g. "preliminary, machine under load")
 #   TRACEMESH_BIN=target/release/tracemesh   (legs 4-6 are skipped, loudly, when it is missing)
@@ -57,6 +57,7 @@ RATE_H2_STREAMS="${BENCH_RATE_H2_STREAMS:-10}"
 NEXT_PORT="${BENCH_PORT_BASE:-28400}"
 LOAD_CPU="${BENCH_LOAD_CPU:-0}"
 PROXY_CPU="${BENCH_PROXY_CPU:-1}"
+SINK_CPU="${BENCH_SINK_CPU:-$LOAD_CPU}"
 OTLP_PROTOCOL="${BENCH_OTLP_PROTOCOL:-http/protobuf}"
 ENVOY_MIN_FLUSH="${ENVOY_OTEL_MIN_FLUSH_SPANS:-512}"
 TM_BIN="${TRACEMESH_BIN:-$ROOT/target/release/tracemesh}"
@@ -200,11 +201,11 @@ wait_port "$UP_H1" "$UPSTREAM_PID" && wait_port "$UP_H2" "$UPSTREAM_PID" \
   || die "upstream nginx did not start: $(tail -5 "$RUN/upstream.log" "$RUN/upstream.error.log" 2>/dev/null)"
 
 render "$HERE/nginx-otlp-sink.conf" "$RUN/sink.conf" SINK_HTTP="$SINK_HTTP" SINK_GRPC="$SINK_GRPC"
-start_bg "$LOAD_CPU" "$RUN/sink.log" nginx -p "$RUN" -c "$RUN/sink.conf"
+start_bg "$SINK_CPU" "$RUN/sink.log" nginx -p "$RUN" -c "$RUN/sink.conf"
 SINK_PID="$LAST_PID"
 wait_port "$SINK_HTTP" "$SINK_PID" && wait_port "$SINK_GRPC" "$SINK_PID" \
   || die "OTLP sink did not start: $(tail -5 "$RUN/sink.log" "$RUN/sink.error.log" 2>/dev/null)"
-log "upstream nginx h1=:$UP_H1 h2c=:$UP_H2 (cpu $PROXY_CPU); OTLP sink http=:$SINK_HTTP grpc=:$SINK_GRPC (cpu $LOAD_CPU)"
+log "upstream nginx h1=:$UP_H1 h2c=:$UP_H2 (cpu $PROXY_CPU); OTLP sink http=:$SINK_HTTP grpc=:$SINK_GRPC (cpu $SINK_CPU)"
 
 if [ "$OTLP_PROTOCOL" = grpc ]; then OTLP_ENDPOINT="http://127.0.0.1:$SINK_GRPC"; else OTLP_ENDPOINT="http://127.0.0.1:$SINK_HTTP"; fi
 
@@ -508,7 +509,7 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------------------ report
 export LOAD_BEFORE LOAD_AFTER SECS WARM WRK_CONNS H2_CONNS H2_STREAMS RATE RATE_CONNS RATE_H2_STREAMS \
-  LOAD_CPU PROXY_CPU OTLP_PROTOCOL ENVOY_MIN_FLUSH ENVOY TM_BIN NOTES BANNERS
+  LOAD_CPU PROXY_CPU SINK_CPU OTLP_PROTOCOL ENVOY_MIN_FLUSH ENVOY TM_BIN NOTES BANNERS
 export BENCH_NOTE="${BENCH_NOTE:-}"
 python3 - >"$RUN/meta.json" <<'PY'
 import json, os, platform, subprocess, time
@@ -528,9 +529,9 @@ tools = "; ".join(x for x in [
     "tracemesh " + ((sh("'%s' --version 2>&1 | head -1" % e["TM_BIN"]) or "?")
                     if os.access(e["TM_BIN"], os.X_OK) else "n/a (binary missing)"),
 ] if x)
-settings = ("%ss per run (+%ss warm-up); load generator and OTLP sink pinned to CPU %s, proxy and "
-            "upstream to CPU %s; one worker each; OTLP protocol for tracemesh: %s; Envoy "
-            "min_flush_spans %s" % (e["SECS"], e["WARM"], e["LOAD_CPU"], e["PROXY_CPU"],
+settings = ("%ss per run (+%ss warm-up); load generator pinned to CPU %s, OTLP sink to CPU %s, "
+            "proxy and upstream to CPU %s; one worker each; OTLP protocol for tracemesh: %s; Envoy "
+            "min_flush_spans %s" % (e["SECS"], e["WARM"], e["LOAD_CPU"], e["SINK_CPU"], e["PROXY_CPU"],
                                      e["OTLP_PROTOCOL"], e["ENVOY_MIN_FLUSH"]))
 meta = {
     "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
