@@ -3,6 +3,7 @@
 #
 #   1 direct             client -> upstream nginx
 #   2 nginx              client -> nginx reverse proxy (keep-alive pool, HTTP/1.1 upstream) -> upstream
+#   2b haproxy           client -> HAProxy (one thread, shared keep-alive upstream connections) -> upstream
 #   3 envoy              client -> Envoy, OpenTelemetry tracer, 100% sampled, OTLP/HTTP -> sink
 #   4 tracemesh          client -> tracemesh inbound, always_on, OTLP http/protobuf -> sink
 #   5 tracemesh-notrace  client -> tracemesh inbound, OTEL_TRACES_EXPORTER=none
@@ -21,7 +22,7 @@
 # Knobs (environment):
 #   BENCH_SECONDS=10        length of each measured run (BENCH_SECONDS=2 for a smoke run)
 #   BENCH_WARMUP_SECONDS=1  warm-up before each closed-loop run (not measured)
-#   BENCH_LEGS="direct nginx envoy tracemesh tracemesh-notrace tracemesh-hop"
+#   BENCH_LEGS="direct nginx haproxy envoy tracemesh tracemesh-notrace tracemesh-hop"
 #                           (optional extra leg: envoy-notrace, the same Envoy with tracing removed)
 #   BENCH_PROTOCOLS="h1 h2c"
 #   BENCH_WRK_CONNECTIONS=32  BENCH_H2_CONNECTIONS=8  BENCH_H2_STREAMS=16
@@ -48,7 +49,7 @@ ROOT="$(cd "$HERE/.." && pwd)"
 
 SECS="${BENCH_SECONDS:-10}"
 WARM="${BENCH_WARMUP_SECONDS:-1}"
-LEGS="${BENCH_LEGS:-direct nginx envoy tracemesh tracemesh-nored tracemesh-notrace tracemesh-hop}"
+LEGS="${BENCH_LEGS:-direct nginx haproxy envoy tracemesh tracemesh-nored tracemesh-notrace tracemesh-hop}"
 PROTOS="${BENCH_PROTOCOLS:-h1 h2c}"
 WRK_CONNS="${BENCH_WRK_CONNECTIONS:-32}"
 H2_CONNS="${BENCH_H2_CONNECTIONS:-8}"
@@ -291,6 +292,15 @@ start_leg() { # leg proto ; returns 1 when the leg cannot run
       if [ "$proto" = h1 ]; then TARGET_PORT="$p1"; else TARGET_PORT="$p2"; fi
       wait_port "$TARGET_PORT" "$LAST_PID" || { log "nginx proxy did not start"; tail -5 "$RUN/nginx-proxy-$proto.error.log" >&2 || true; return 1; }
       MEASURE=("$LAST_PID" $(children "$LAST_PID"))
+      ;;
+    haproxy)
+      command -v haproxy >/dev/null 2>&1 || { log "haproxy not installed: bash benches/install-deps.sh"; return 1; }
+      alloc_port p1; alloc_port p2
+      render "$HERE/haproxy.cfg" "$RUN/haproxy-$proto.cfg" TAG="$proto" UP_H1="$UP_H1" PROXY_H1="$p1" PROXY_H2="$p2"
+      start_bg "$PROXY_CPU" "$RUN/haproxy-$proto.log" haproxy -db -f "$RUN/haproxy-$proto.cfg"
+      STOP=("$LAST_PID"); MEASURE=("$LAST_PID")
+      if [ "$proto" = h1 ]; then TARGET_PORT="$p1"; else TARGET_PORT="$p2"; fi
+      wait_port "$TARGET_PORT" "$LAST_PID" || { log "HAProxy did not start"; tail -5 "$RUN/haproxy-$proto.log" >&2 || true; return 1; }
       ;;
     envoy|envoy-notrace)
       alloc_port p1; alloc_port p2; alloc_port adm

