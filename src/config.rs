@@ -29,6 +29,9 @@ pub const ENV_OPAQUE_PORTS: &str = "TRACEMESH_OPAQUE_PORTS";
 pub const ENV_MAX_CONNECTIONS: &str = "TRACEMESH_MAX_CONNECTIONS";
 pub const ENV_MAX_HEADER_BYTES: &str = "TRACEMESH_MAX_HEADER_BYTES";
 pub const ENV_ROUTES: &str = "TRACEMESH_ROUTES";
+pub const ENV_ROUTES_FILE: &str = "TRACEMESH_ROUTES_FILE";
+pub const ENV_SAMPLING_RULES: &str = "TRACEMESH_SAMPLING_RULES";
+pub const ENV_TRUSTED_CIDRS: &str = "TRACEMESH_TRUSTED_CIDRS";
 pub const ENV_DISABLE_RED_METRICS: &str = "TRACEMESH_DISABLE_RED_METRICS";
 
 pub const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
@@ -162,6 +165,18 @@ pub struct ProxyArgs {
     /// `_unmatched`. Without templates there is no route label.
     #[arg(long = "route", env = ENV_ROUTES, value_delimiter = ',', value_parser = parse_route)]
     pub routes: Vec<String>,
+    /// A file of route templates, one per line (`#` comments), tried after the `--route` ones.
+    /// Re-read when it changes (a mounted ConfigMap works); a bad version keeps the previous.
+    #[arg(long, env = ENV_ROUTES_FILE)]
+    pub routes_file: Option<std::path::PathBuf>,
+    /// A YAML file of sampling rules for new roots (README "Sampling rules"). Re-read when it
+    /// changes; a bad version keeps the previous rules. Without it, the probe defaults apply.
+    #[arg(long, env = ENV_SAMPLING_RULES)]
+    pub sampling_rules: Option<std::path::PathBuf>,
+    /// Sources (IPs or CIDRs, comma-separated) whose `x-tracemesh-force-trace: 1` header forces
+    /// a request to be sampled. Empty (the default): the header is ignored from everyone.
+    #[arg(long, env = ENV_TRUSTED_CIDRS, value_delimiter = ',', value_parser = parse_trusted)]
+    pub trusted_cidrs: Vec<ipnet::IpNet>,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
@@ -175,6 +190,14 @@ pub struct ProxyArgs {
 fn parse_route(s: &str) -> Result<String, String> {
     routes::Routes::parse([s]).map_err(|e| e.to_string())?;
     Ok(s.trim().to_owned())
+}
+
+/// An IP (a /32 or /128) or a CIDR.
+fn parse_trusted(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR"))
 }
 
 fn parse_propagators(s: &str) -> Result<Propagators, String> {

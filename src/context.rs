@@ -5,7 +5,7 @@
 //! `ids.rs`), the set of injected formats ([`Format`], [`Propagators`], configured like
 //! `OTEL_PROPAGATORS`, from `propagators.rs`), [`ParseError`], and the two entry points the span
 //! layer calls on every request: [`extract`] and [`inject`]. The header grammars live in [`w3c`]
-//! (W3C Trace Context Level 1, <https://www.w3.org/TR/trace-context/>) and [`b3`]
+//! (W3C Trace Context Level 2, <https://www.w3.org/TR/trace-context-2/>) and [`b3`]
 //! (<https://github.com/openzipkin/b3-propagation>). It does not own sampling (see
 //! `telemetry::sampling`) nor the counting of invalid headers (see `metrics`).
 //!
@@ -67,16 +67,13 @@ pub enum ParseError {
     /// A `tracestate` value is empty, too long, or has a forbidden character.
     #[error("invalid tracestate value")]
     TraceStateValue,
-    /// Two `tracestate` members have the same key.
-    #[error("duplicate tracestate key")]
-    TraceStateDuplicateKey,
 }
 
 // === impl ParseError ===
 
 impl ParseError {
     /// Every variant: the complete set of `reason` label values.
-    pub const ALL: [ParseError; 12] = [
+    pub const ALL: [ParseError; 11] = [
         ParseError::Length,
         ParseError::Hex,
         ParseError::ZeroId,
@@ -88,7 +85,6 @@ impl ParseError {
         ParseError::TraceStateMembers,
         ParseError::TraceStateKey,
         ParseError::TraceStateValue,
-        ParseError::TraceStateDuplicateKey,
     ];
 
     /// The metric label: a fixed snake_case name.
@@ -105,7 +101,6 @@ impl ParseError {
             ParseError::TraceStateMembers => "tracestate_members",
             ParseError::TraceStateKey => "tracestate_key",
             ParseError::TraceStateValue => "tracestate_value",
-            ParseError::TraceStateDuplicateKey => "tracestate_duplicate_key",
         }
     }
 }
@@ -158,9 +153,10 @@ pub struct Extracted {
     /// `X-B3-Flags: 1` alone). Only set when `parent` is `None`; otherwise the parent's flags
     /// carry the decision (B3 debug counts as sampled).
     pub sampled_hint: Option<bool>,
-    /// The `tracestate` to propagate: `Some` only when `parent` came from `traceparent` and
+    /// The incoming `tracestate`: `Some` only when `parent` came from `traceparent` and
     /// `tracestate` was valid and not empty. A single header is a cheap clone of the incoming
-    /// value; several headers are joined with `,` (allocates, rare).
+    /// value; several headers are joined with `,`, and later duplicates of a key are dropped
+    /// (both allocate, rare). The sampler may edit its `ot` member before it travels on.
     pub tracestate: Option<HeaderValue>,
     /// Headers that were present but invalid, for counting. An invalid `tracestate` next to a
     /// valid `traceparent` is reported under [`Format::TraceContext`]; `tracestate` is not

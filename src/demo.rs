@@ -134,7 +134,8 @@ impl Service {
             propagators: Propagators::default(),
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(2),
-            routes: Default::default(),
+            policy: Default::default(),
+            trusted_cidrs: Vec::new(),
             red_metrics: true,
             opaque_ports: Vec::new(),
             // Nothing routes to the demo's proxies through a load balancer: stop at once.

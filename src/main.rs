@@ -165,7 +165,12 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             propagators: args.propagators,
             limits: args.limits(),
             shutdown_grace: args.shutdown_grace,
-            routes: args.routes(),
+            policy: tracemesh::telemetry::policy::Sources {
+                rules_file: args.sampling_rules.clone(),
+                routes_file: args.routes_file.clone(),
+                static_routes: args.routes(),
+            },
+            trusted_cidrs: args.trusted_cidrs.clone(),
             red_metrics: !args.disable_red_metrics,
             opaque_ports: args.opaque_ports.clone(),
             drain_delay: args.drain_delay,

@@ -84,6 +84,51 @@ pub struct ExportMetrics {
     pub queue_depth: Gauge,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConfigFileLabels {
+    file: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConfigLoadedLabels {
+    file: &'static str,
+    sha256: String,
+}
+
+/// The reloadable configuration's metrics (see `telemetry::policy`).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigMetrics {
+    reload_errors: Family<ConfigFileLabels, Counter>,
+    generation: Family<ConfigLoadedLabels, Gauge>,
+}
+
+impl ConfigMetrics {
+    /// Counts a version of `file` that could not be read or parsed.
+    pub fn reload_error(&self, file: &'static str) {
+        self.reload_errors
+            .get_or_create(&ConfigFileLabels { file })
+            .inc();
+    }
+
+    /// Records that `file`'s version `generation`, with hash `sha256`, is in use; the series
+    /// of the version it replaced (`previous`) goes.
+    pub fn loaded(
+        &self,
+        file: &'static str,
+        previous: Option<String>,
+        sha256: String,
+        generation: i64,
+    ) {
+        if let Some(old) = previous {
+            self.generation
+                .remove(&ConfigLoadedLabels { file, sha256: old });
+        }
+        self.generation
+            .get_or_create(&ConfigLoadedLabels { file, sha256 })
+            .set(generation);
+    }
+}
+
 /// The registry and every handle the proxy records into. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -93,6 +138,7 @@ pub struct Metrics {
     pub inbound: ConnectionMetrics,
     pub outbound: ConnectionMetrics,
     pub export: ExportMetrics,
+    pub config: ConfigMetrics,
     invalid_headers: Family<InvalidHeaderLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
 }
@@ -168,6 +214,20 @@ impl Metrics {
             refused.clone(),
         );
 
+        let config = ConfigMetrics::default();
+        registry.register(
+            "tracemesh_config_reload_errors",
+            "Versions of a reloadable file (sampling_rules, routes) that could not be read or \
+             parsed; the previous version stays in use",
+            config.reload_errors.clone(),
+        );
+        registry.register(
+            "tracemesh_config_generation",
+            "Versions of a reloadable file loaded since start; the label is the SHA-256 of the \
+             one in use",
+            config.generation.clone(),
+        );
+
         let conn = |dir| {
             let l = DirectionLabels { direction: dir };
             ConnectionMetrics {
@@ -182,6 +242,7 @@ impl Metrics {
             inbound: conn(Direction::Inbound),
             outbound: conn(Direction::Outbound),
             export,
+            config,
             invalid_headers,
             refused,
             registry: Arc::new(registry),

@@ -66,7 +66,10 @@ pub struct ProxyConfig {
     pub propagators: Propagators,
     pub limits: Limits,
     pub shutdown_grace: Duration,
-    pub routes: crate::config::routes::Routes,
+    /// Route templates and sampling rules, reloaded while the proxy runs.
+    pub policy: crate::telemetry::policy::Sources,
+    /// Sources whose force-trace header is honoured.
+    pub trusted_cidrs: Vec<ipnet::IpNet>,
     pub red_metrics: bool,
     /// Destination ports relayed as opaque TCP without detection (server-first protocols).
     pub opaque_ports: Vec<u16>,
@@ -506,10 +509,14 @@ pub async fn start(
     let listeners = Listeners::bind(&config).await?;
     let bound = listeners.bound();
     let metrics = Metrics::new(config.red_metrics);
+    let (reloader, policy) =
+        crate::telemetry::policy::Reloader::start(config.policy.clone(), metrics.config.clone())
+            .await;
     let (telemetry, export) = crate::telemetry::start(
         telemetry_config,
         config.propagators,
-        config.routes.clone(),
+        policy,
+        config.trusted_cidrs.clone().into(),
         metrics.clone(),
         exporter,
     );
@@ -539,6 +546,7 @@ pub async fn start(
     let stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let ready = crate::admin::Readiness::default();
+    tokio::spawn(reloader.run(admin_stop.clone()));
     tokio::spawn(crate::admin::serve(
         listeners.admin,
         metrics,

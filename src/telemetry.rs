@@ -12,6 +12,7 @@
 
 pub mod encode;
 pub mod export;
+pub mod policy;
 pub mod sampling;
 pub mod semconv;
 pub mod spans;
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 
 pub use self::{
     export::{ExportTask, Exporter, SpanSink},
+    policy::{Policy, PolicyHandle},
     sampling::Sampler,
     spans::{SpanLayer, SpanService},
 };
@@ -91,15 +93,16 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// What the span layer shares across connections: sampler, propagators, the span queue.
-/// Cloned per request by hyper's service adapter, so it is one `Arc`.
+/// What the span layer shares across connections: sampler, propagators, the reloadable policy
+/// (routes and sampling rules), the span queue. Cloned per request by hyper's service adapter,
+/// so it is one `Arc`.
 #[derive(Clone)]
 pub struct Telemetry(Arc<TelemetryInner>);
 
 struct TelemetryInner {
     sampler: Sampler,
     propagators: Propagators,
-    routes: crate::config::routes::Routes,
+    policy: PolicyHandle,
     queue: Option<SpanQueue>,
     metrics: Metrics,
 }
@@ -119,14 +122,14 @@ impl Telemetry {
     pub fn new(
         sampler: Sampler,
         propagators: Propagators,
-        routes: crate::config::routes::Routes,
+        policy: PolicyHandle,
         queue: Option<SpanQueue>,
         metrics: Metrics,
     ) -> Self {
         Telemetry(Arc::new(TelemetryInner {
             sampler,
             propagators,
-            routes,
+            policy,
             queue,
             metrics,
         }))
@@ -144,8 +147,9 @@ impl Telemetry {
         self.0.propagators
     }
 
-    pub fn routes(&self) -> &crate::config::routes::Routes {
-        &self.0.routes
+    /// The current routes and sampling rules: load once per request.
+    pub fn policy(&self) -> &PolicyHandle {
+        &self.0.policy
     }
 
     /// Whether sampled spans go anywhere. When they do not, the span layer skips recording.
@@ -195,11 +199,12 @@ impl ExportHandle {
 }
 
 /// Builds the telemetry handle and starts the export task (if `exporter` is `Some`). Must run
-/// inside the Tokio runtime.
+/// inside the Tokio runtime. `trusted` are the sources whose force-trace header is honoured.
 pub fn start(
     config: &crate::config::TelemetryConfig,
     propagators: Propagators,
-    routes: crate::config::routes::Routes,
+    policy: PolicyHandle,
+    trusted: Arc<[ipnet::IpNet]>,
     metrics: Metrics,
     exporter: Option<Exporter>,
 ) -> (Telemetry, ExportHandle) {
@@ -213,9 +218,9 @@ pub fn start(
         None => (None, None),
     };
     let telemetry = Telemetry::new(
-        Sampler::new(config.sampler),
+        Sampler::new(config.sampler, trusted),
         propagators,
-        routes,
+        policy,
         queue,
         metrics,
     );

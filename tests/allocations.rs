@@ -186,7 +186,11 @@ fn a_traced_http1_request_allocates_at_most_a_bounded_number_of_times() {
         propagators: Propagators::default(),
         limits: Limits::default(),
         shutdown_grace: Duration::from_secs(2),
-        routes: tracemesh::config::routes::Routes::parse(["/orders/{id}"]).unwrap(),
+        policy: tracemesh::telemetry::policy::Sources {
+            static_routes: tracemesh::config::routes::Routes::parse(["/orders/{id}"]).unwrap(),
+            ..Default::default()
+        },
+        trusted_cidrs: Vec::new(),
         red_metrics: true,
         opaque_ports: Vec::new(),
         drain_delay: Duration::ZERO,

@@ -122,6 +122,7 @@ async fn grpc_call_to_a_refused_app_gets_grpc_status_unavailable() {
     let otlp = OtlpReceiver::start_grpc().await;
     let app = reserve_port();
     let p = Proxy::exporting_to(&otlp, "grpc-refused")
+        .sample_health_checks()
         .arg("--app-addr")
         .arg(app.to_string())
         .start()
@@ -230,6 +231,7 @@ async fn grpc_call_to_a_hung_app_gets_grpc_status_deadline_exceeded() {
     let otlp = OtlpReceiver::start_grpc().await;
     let app = App::start(Behaviour::Hang).await;
     let p = Proxy::exporting_to(&otlp, "grpc-timeout")
+        .sample_health_checks()
         .arg("--app-addr")
         .arg(app.addr().to_string())
         .arg("--response-timeout")

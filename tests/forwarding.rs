@@ -138,12 +138,13 @@ async fn connection_nominating_traceparent_cannot_strip_the_injected_context() {
         .to_owned();
     assert_eq!(
         sent,
-        format!("00-{}-{}-01", span.trace_id, span.span_id),
+        format!("00-{}-{}-03", span.trace_id, span.span_id),
         "{seen:?}"
     );
     assert!(span.is_root(), "{span:?}");
     assert!(!seen.headers.contains_key(header::CONNECTION), "{seen:?}");
-    assert!(!seen.headers.contains_key("tracestate"), "{seen:?}");
+    // A new root's tracestate is ours alone (the default sampler's threshold, th:0).
+    assert_eq!(seen.headers["tracestate"], "ot=th:0", "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

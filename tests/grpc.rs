@@ -41,6 +41,7 @@ const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// A proxy named `name` whose inbound listener forwards to `app`.
 async fn inbound_proxy(otlp: &OtlpReceiver, name: &str, app: SocketAddr) -> Proxy {
     Proxy::exporting_to(otlp, name)
+        .sample_health_checks()
         .arg("--app-addr")
         .arg(app.to_string())
         .start()
@@ -492,7 +493,10 @@ async fn outbound_call_routed_by_authority_is_the_parent_of_the_next_server_span
     let otlp = OtlpReceiver::start_grpc().await;
     let server = GrpcServer::start().await;
     let b = inbound_proxy(&otlp, "b", server.addr()).await;
-    let a = Proxy::exporting_to(&otlp, "a").start().await;
+    let a = Proxy::exporting_to(&otlp, "a")
+        .sample_health_checks()
+        .start()
+        .await;
 
     // The channel dials A's outbound listener; `:authority` names B, which is where it goes.
     let authority = b.inbound().to_string();
@@ -547,7 +551,10 @@ async fn non_ok_code_is_an_error_on_the_client_span_but_not_the_server_span() {
     let otlp = OtlpReceiver::start_grpc().await;
     let server = GrpcServer::start().await;
     let b = inbound_proxy(&otlp, "b", server.addr()).await;
-    let a = Proxy::exporting_to(&otlp, "a").start().await;
+    let a = Proxy::exporting_to(&otlp, "a")
+        .sample_health_checks()
+        .start()
+        .await;
 
     let authority = b.inbound().to_string();
     let mut echo = EchoClient::connect(a.outbound(), Some(&authority)).await;

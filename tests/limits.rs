@@ -281,7 +281,8 @@ async fn huge_traceparent_is_invalid_so_a_new_root_trace_starts() {
     let (trace, parent, flags) = app_traceparent(&app);
     assert_eq!(trace, s.trace_id);
     assert_eq!(parent, s.span_id);
-    assert_eq!(flags, "01");
+    // A new root: sampled, with a random trace ID.
+    assert_eq!(flags, "03");
     wait_for_invalid(&p, "length").await;
 }
 

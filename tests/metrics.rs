@@ -961,6 +961,7 @@ async fn grpc_calls_carry_service_method_and_status_labels() {
     let otlp = OtlpReceiver::start_grpc().await;
     let server = GrpcServer::start().await;
     let p = Proxy::exporting_to(&otlp, "grpc-labels")
+        .sample_health_checks()
         .arg("--app-addr")
         .arg(server.addr().to_string())
         .start()

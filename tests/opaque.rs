@@ -260,7 +260,7 @@ async fn websocket_upgrade_is_relayed_and_traced_as_101() {
     assert_eq!(uri.path(), "/chat");
     assert_eq!(
         headers["traceparent"],
-        format!("00-{}-{}-01", s.trace_id, s.span_id)
+        format!("00-{}-{}-03", s.trace_id, s.span_id)
     );
 
     // After the 101 the connection is an opaque stream, counted as such.

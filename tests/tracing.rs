@@ -50,11 +50,11 @@ async fn client_span_on_a_is_parent_of_server_span_on_b() {
     assert_eq!(client_span.parent_span_id, "");
     assert_ne!(client_span.trace_id, "0".repeat(32));
 
-    // The app saw B's span as its parent, sampled.
+    // The app saw B's span as its parent, sampled, with the random flag A set on the new trace.
     let seen = app.seen_one();
     assert_eq!(
         seen.headers["traceparent"],
-        format!("00-{}-{}-01", server_span.trace_id, server_span.span_id)
+        format!("00-{}-{}-03", server_span.trace_id, server_span.span_id)
     );
 
     // Timing: both spans contain the app's 30 ms, the client span contains the server span.

@@ -5,8 +5,17 @@
 //! Syntax: segments separated by `/`; `{name}` matches exactly one non-empty segment; a final
 //! `{*name}` matches the rest of the path (one or more segments). Templates are tried in the
 //! order given; the first match wins. Matching allocates nothing.
+//!
+//! A routes file (`--routes-file`) holds one template per line; blank lines and lines starting
+//! with `#` are skipped. It may be reloaded while the proxy runs, so template texts are
+//! interned: each distinct text is leaked once for the process's life, however often it is
+//! loaded again.
 
-use std::{fmt, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{Arc, Mutex},
+};
 
 /// The label value shared by every path that matches no template.
 pub const UNMATCHED: &str = "_unmatched";
@@ -21,7 +30,7 @@ struct Template {
     segments: Box<[Segment]>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(Box<str>),
     Param,
@@ -53,8 +62,8 @@ pub struct RouteError {
 }
 
 impl Routes {
-    /// Parses templates. Each template's text is leaked once, at start-up, so routes are
-    /// `&'static str` labels: the set is fixed for the process's life.
+    /// Parses templates. Each distinct template text is leaked once (interned), so routes are
+    /// `&'static str` labels.
     ///
     /// # Errors
     /// A template that does not start with `/`, has an empty or malformed `{..}` segment, or a
@@ -100,15 +109,51 @@ impl Routes {
                 segments.push(seg);
             }
             out.push(Template {
-                raw: Box::leak(t.to_owned().into_boxed_str()),
+                raw: intern(t),
                 segments: segments.into(),
             });
         }
         Ok(Routes(out.into()))
     }
 
+    /// Parses a routes file: one template per line, `#` comments and blank lines skipped.
+    ///
+    /// # Errors
+    /// As [`Routes::parse`], for the first bad line.
+    pub fn parse_file(text: &str) -> Result<Self, RouteError> {
+        Routes::parse(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#')),
+        )
+    }
+
+    /// `self`'s templates, then `other`'s (the first match still wins).
+    pub fn chain(&self, other: &Routes) -> Routes {
+        if other.is_empty() {
+            return self.clone();
+        }
+        if self.is_empty() {
+            return other.clone();
+        }
+        let all: Vec<Template> = self
+            .0
+            .iter()
+            .chain(other.0.iter())
+            .map(|t| Template {
+                raw: t.raw,
+                segments: t.segments.iter().cloned().collect(),
+            })
+            .collect();
+        Routes(all.into())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// The route for `path` (no query string), or `None` when no templates are configured.
@@ -119,6 +164,19 @@ impl Routes {
         let found = self.0.iter().find(|t| t.matches(path));
         Some(found.map_or(Route::Unmatched, |t| Route::Matched(t.raw)))
     }
+}
+
+/// The one `&'static str` for a template text.
+fn intern(text: &str) -> &'static str {
+    static TEXTS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut texts = TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    let texts = texts.get_or_insert_with(HashSet::new);
+    if let Some(&known) = texts.get(text) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    texts.insert(leaked);
+    leaked
 }
 
 impl Template {
@@ -202,6 +260,20 @@ mod tests {
     #[test]
     fn no_templates_means_no_route_label() {
         assert_eq!(Routes::default().route("/anything"), None);
+    }
+
+    #[test]
+    fn a_routes_file_has_one_template_per_line_and_reloading_it_leaks_nothing_new() {
+        let text = "# orders\n/orders/{id}\n\n  /users/{id}  \n";
+        let a = Routes::parse_file(text).unwrap();
+        let b = Routes::parse_file(text).unwrap();
+        assert_eq!(a.to_string(), "/orders/{id},/users/{id}");
+        let ptr = |r: &Routes| r.route("/orders/1").unwrap().as_str().as_ptr();
+        assert_eq!(ptr(&a), ptr(&b), "the same text is interned once");
+        let both = routes(&["/health"]).chain(&a);
+        assert_eq!(both.route("/users/3"), Some(Route::Matched("/users/{id}")));
+        assert_eq!(both.route("/health"), Some(Route::Matched("/health")));
+        assert!(Routes::parse_file("orders\n").is_err());
     }
 
     #[test]

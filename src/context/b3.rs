@@ -9,8 +9,8 @@
 //! - IDs are lowercase hex; a 64-bit (16-character) trace ID is left-padded with zeros to 128
 //!   bits. All-zero trace, span or parent span IDs are invalid.
 //! - Sampling state: `0` deny, `1` accept, `d` debug (debug implies accept), absent = defer.
-//!   `X-B3-Sampled` also takes the legacy `true` / `false`; `X-B3-Flags` takes `1` (debug) or
-//!   `0` (none). A decision may come without IDs (`b3: 0`, `X-B3-Sampled: 1` alone).
+//!   `X-B3-Sampled` also takes the legacy `true` / `false`; `X-B3-Flags: 1` means debug and any
+//!   other value is ignored (the context stays valid, as in OpenTelemetry's B3). A decision may come without IDs (`b3: 0`, `X-B3-Sampled: 1` alone).
 //! - When a multi header is repeated, the first value wins, as the spec says. The single
 //!   header follows the same rule.
 //! - We always write 128-bit trace IDs and an explicit decision (`1` or `0`), never debug or a
@@ -187,7 +187,7 @@ impl<'a> MultiHeaders<'a> {
     /// [`ParseError::Incomplete`] when an ID header is present without both `X-B3-TraceId` and
     /// `X-B3-SpanId`; [`ParseError::Length`] / [`ParseError::Hex`] / [`ParseError::ZeroId`]
     /// for a bad ID; [`ParseError::Sampling`] for an `X-B3-Sampled` other than
-    /// `1|0|true|false` or an `X-B3-Flags` other than `1|0`.
+    /// `1|0|true|false`. An `X-B3-Flags` other than `1` is ignored.
     pub fn parse(&self) -> Result<Option<Parsed>, ParseError> {
         let sampling = self.sampling()?;
         let (trace, span) = match (self.trace_id, self.span_id, self.parent_span_id) {
@@ -215,10 +215,11 @@ impl<'a> MultiHeaders<'a> {
             Some(b"0" | b"false") => SamplingState::Deny,
             Some(_) => return Err(ParseError::Sampling),
         };
+        // Only `1` (debug) means anything; any other value is ignored, as OpenTelemetry's B3
+        // propagators do, and the context stays valid.
         match self.flags.map(trim_ows) {
-            None | Some(b"0") => Ok(sampled),
             Some(b"1") => Ok(SamplingState::Debug),
-            Some(_) => Err(ParseError::Sampling),
+            _ => Ok(sampled),
         }
     }
 }

@@ -88,20 +88,22 @@ pub fn check_tracestate(data: &[u8]) {
     let joined = values.join(&b","[..]);
     assert_eq!(w3c::validate_tracestate([&joined[..]]), result);
 
-    let members: Vec<(&[u8], &[u8])> = values
+    let all_members: Vec<(&[u8], &[u8])> = values
         .iter()
         .flat_map(|v| w3c::tracestate_members(v))
         .filter_map(w3c::split_member)
         .collect();
-    if let Ok(n) = result {
-        assert!(n <= w3c::MAX_TRACESTATE_MEMBERS);
-        assert_eq!(members.len(), n);
-        for (i, (key, _)) in members.iter().enumerate() {
-            assert!(
-                !members[..i].iter().any(|(k, _)| k == key),
-                "duplicate key accepted"
-            );
+    // What travels on: each key's first member, in order.
+    let mut members: Vec<(&[u8], &[u8])> = Vec::new();
+    for m in &all_members {
+        if !members.iter().any(|(k, _)| *k == m.0) {
+            members.push(*m);
         }
+    }
+    if let Ok(shape) = result {
+        assert!(shape.members <= w3c::MAX_TRACESTATE_MEMBERS);
+        assert_eq!(all_members.len(), shape.members);
+        assert_eq!(shape.duplicates, members.len() != all_members.len());
     }
 
     let Ok(header_values) = values
@@ -124,10 +126,10 @@ pub fn check_tracestate(data: &[u8]) {
             assert_eq!(e.tracestate, None);
             assert_eq!(e.invalid.get(Format::TraceContext), Some(reason));
         }
-        Ok(n) => {
+        Ok(shape) => {
             assert!(e.invalid.is_empty(), "{:?}", e.invalid);
             let Some(tracestate) = e.tracestate else {
-                assert_eq!(n, 0, "a non-empty tracestate was dropped");
+                assert_eq!(shape.members, 0, "a non-empty tracestate was dropped");
                 return;
             };
             let propagated: Vec<_> = w3c::tracestate_members(tracestate.as_bytes())

@@ -20,10 +20,18 @@ impl TraceId {
     /// The all-zero ID, which every format treats as "no trace".
     pub const INVALID: TraceId = TraceId([0; 16]);
 
-    /// A random, valid (non-zero) trace ID.
+    /// A random, valid (non-zero) trace ID: every bit uniform, so the right-most 7 bytes are
+    /// uniform over `[0, 2^56)` as the Level 2 `random` flag promises.
     pub fn random() -> Self {
         // `1..` excludes the one invalid value instead of retrying.
         TraceId(fastrand::u128(1..).to_be_bytes())
+    }
+
+    /// The right-most 7 bytes as a number: the randomness the consistent sampler compares.
+    pub fn low56(&self) -> u64 {
+        let mut low = [0u8; 8];
+        low[1..].copy_from_slice(&self.0[9..]);
+        u64::from_be_bytes(low)
     }
 
     /// Whether the ID is not all zero.
@@ -119,8 +127,10 @@ impl fmt::Debug for SpanId {
 
 // === impl TraceFlags ===
 
-/// The W3C `trace-flags` byte. Only bit 0 (`sampled`) has a meaning in version `00`; mask with
-/// [`TraceFlags::is_sampled`], never compare the byte.
+/// The W3C `trace-flags` byte. Level 2 defines bit 0 (`sampled`) and bit 1 (`random`: the
+/// trace ID's right-most 7 bytes are random); the other bits are reserved and always written as
+/// zero. Test bits with [`TraceFlags::is_sampled`] / [`TraceFlags::is_random`], never compare
+/// the byte.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
 pub struct TraceFlags(pub u8);
 
@@ -129,10 +139,22 @@ impl TraceFlags {
     pub const SAMPLED: TraceFlags = TraceFlags(0x01);
     /// The caller did not record this request.
     pub const NOT_SAMPLED: TraceFlags = TraceFlags(0x00);
+    /// The trace ID's right-most 7 bytes are uniformly random (Level 2 §3.2.2.5.2).
+    pub const RANDOM: TraceFlags = TraceFlags(0x02);
+
+    /// The flags with `sampled` and `random` as given, every reserved bit zero.
+    pub const fn new(sampled: bool, random: bool) -> Self {
+        TraceFlags(sampled as u8 | ((random as u8) << 1))
+    }
 
     /// Whether the `sampled` bit is set.
     pub fn is_sampled(self) -> bool {
         self.0 & Self::SAMPLED.0 != 0
+    }
+
+    /// Whether the `random` bit is set.
+    pub fn is_random(self) -> bool {
+        self.0 & Self::RANDOM.0 != 0
     }
 }
 

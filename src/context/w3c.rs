@@ -1,5 +1,5 @@
-//! W3C Trace Context: `traceparent` and `tracestate`
-//! (<https://www.w3.org/TR/trace-context/>, Level 1, with the version handling of §3.2.4).
+//! W3C Trace Context: `traceparent` and `tracestate`, Level 2
+//! (<https://www.w3.org/TR/trace-context-2/>, with the version handling of §3.2.4).
 //!
 //! Parsing never allocates and never fails a request: an invalid header is `Err(ParseError)`,
 //! and the caller treats it as absent and counts it. This module owns the grammar only; which
@@ -8,10 +8,15 @@
 //! Choices the spec leaves open, written down:
 //! - Leading and trailing SP/HTAB around a field value are ignored (RFC 9110 §5.5; the W3C test
 //!   suite's `test_traceparent_ows_handling`).
-//! - For a version above `00`, only the `sampled` bit of the flags is kept: the other bits may
-//!   mean something else in that version, and we re-emit version `00`.
-//! - `tracestate` keys follow the Level 1 grammar (simple key, or `tenant@system`); empty list
-//!   members are skipped and do not count towards the 32-member limit.
+//! - For a version above `00`, only the `sampled` and `random` bits of the flags are kept: the
+//!   other bits may mean something else in that version, and we re-emit version `00`. What we
+//!   write is built from our own decision (`sampled`) and the incoming `random` bit, so reserved
+//!   bits are always zero on output.
+//! - `tracestate` keys follow the Level 2 grammar, `(lcalpha / DIGIT) 0*255(keychar)` with `@`
+//!   a keychar (any number of them, never first); empty list members are skipped and do not
+//!   count towards the 32-member limit.
+//! - A key repeated in `tracestate` keeps its first member; later duplicates are dropped (the
+//!   spec allows discarding duplicates) and the rest of the list travels on in order.
 
 use http::{header::GetAll, HeaderMap, HeaderName, HeaderValue};
 
@@ -38,7 +43,7 @@ const VERSION_INVALID: [u8; 2] = *b"ff";
 ///
 /// Version `00` must be exactly 55 characters. A higher version must be at least 55, and if
 /// longer, character 55 must be `-`; its first four fields are read as version `00` and only
-/// its `sampled` flag is kept.
+/// its `sampled` and `random` flags are kept.
 ///
 /// # Errors
 ///
@@ -70,7 +75,7 @@ pub fn parse_traceparent(value: &[u8]) -> Result<SpanContext, ParseError> {
     let flags = if is_00 {
         TraceFlags(flags)
     } else {
-        TraceFlags(flags & TraceFlags::SAMPLED.0)
+        TraceFlags(flags & (TraceFlags::SAMPLED.0 | TraceFlags::RANDOM.0))
     };
     Ok(SpanContext {
         trace_id,
@@ -127,22 +132,34 @@ pub fn split_member(member: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&member[..eq], &member[eq + 1..]))
 }
 
+/// What [`validate_tracestate`] found in a valid list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceStateShape {
+    /// Non-empty list members, duplicates included (at most 32).
+    pub members: usize,
+    /// Whether some key appears more than once.
+    pub duplicates: bool,
+}
+
 /// Validates a `tracestate` made of one or more header values (combined as one list, RFC 9110
-/// §5.3) and returns its number of non-empty members, at most 32. Allocation-free: duplicate
-/// keys are found by comparing against the (at most 32) keys seen so far.
+/// §5.3). Allocation-free: duplicate keys are found by comparing against the (at most 32) keys
+/// seen so far.
 ///
 /// # Errors
 ///
 /// [`ParseError::TraceStateMembers`] past 32 members, [`ParseError::TraceStateKey`] /
-/// [`ParseError::TraceStateValue`] for a member that breaks the grammar,
-/// [`ParseError::TraceStateDuplicateKey`] for a repeated key. The first problem in list order
-/// is reported.
+/// [`ParseError::TraceStateValue`] for a member that breaks the grammar. The first problem in
+/// list order is reported. A repeated key is not an error (see [`TraceStateShape`]).
 pub fn validate_tracestate<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
-) -> Result<usize, ParseError> {
+) -> Result<TraceStateShape, ParseError> {
     let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
-    let mut n = 0;
+    let mut shape = TraceStateShape {
+        members: 0,
+        duplicates: false,
+    };
     for member in values.into_iter().flat_map(tracestate_members) {
+        let n = shape.members;
         if n == MAX_TRACESTATE_MEMBERS {
             return Err(ParseError::TraceStateMembers);
         }
@@ -153,26 +170,48 @@ pub fn validate_tracestate<'a>(
         if !is_value(value) {
             return Err(ParseError::TraceStateValue);
         }
-        if keys[..n].contains(&key) {
-            return Err(ParseError::TraceStateDuplicateKey);
-        }
+        shape.duplicates |= keys[..n].contains(&key);
         keys[n] = key;
-        n += 1;
+        shape.members += 1;
     }
-    Ok(n)
+    Ok(shape)
 }
 
 /// The request's `tracestate`, ready to propagate: `Ok(None)` when absent or empty. One
-/// non-empty header is returned as is (a cheap clone); several are joined with `,` into a new
-/// value, the one case that allocates.
+/// non-empty header without repeated keys is returned as is (a cheap clone); several headers
+/// are joined with `,`, and a list with a repeated key is rewritten without the later
+/// duplicates: the two cases that allocate.
 ///
 /// # Errors
 ///
 /// Whatever [`validate_tracestate`] says about the combined list.
 pub fn extract_tracestate(headers: &HeaderMap) -> Result<Option<HeaderValue>, ParseError> {
     let all = headers.get_all(&TRACESTATE);
-    validate_tracestate(all.iter().map(HeaderValue::as_bytes))?;
+    let shape = validate_tracestate(all.iter().map(HeaderValue::as_bytes))?;
+    if shape.duplicates {
+        return Ok(Some(without_duplicates(all)));
+    }
     Ok(combine(all))
+}
+
+/// The list's members, each key's first one only, joined with `,`.
+fn without_duplicates(all: GetAll<'_, HeaderValue>) -> HeaderValue {
+    let mut keys: Vec<&[u8]> = Vec::with_capacity(MAX_TRACESTATE_MEMBERS);
+    let mut out = Vec::new();
+    for member in all.iter().flat_map(|v| tracestate_members(v.as_bytes())) {
+        let Some((key, _)) = split_member(member) else {
+            continue;
+        };
+        if keys.contains(&key) {
+            continue;
+        }
+        keys.push(key);
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(member);
+    }
+    HeaderValue::from_bytes(&out).expect("members of valid header values are valid bytes")
 }
 
 /// The header values that hold members: the one as is, or several joined with `,`.
@@ -195,27 +234,16 @@ fn combine(all: GetAll<'_, HeaderValue>) -> Option<HeaderValue> {
     Some(joined)
 }
 
-/// `key = simple-key / multi-tenant-key`, per Level 1 §3.3.1.3.1:
-/// `simple-key = lcalpha 0*255(keychar)`, `multi-tenant-key = tenant-id "@" system-id`,
-/// `tenant-id = (lcalpha / DIGIT) 0*240(keychar)`, `system-id = lcalpha 0*13(keychar)`.
+/// `key = (lcalpha / DIGIT) 0*255(keychar)`, per Level 2 §3.3.1.3.1: up to 256 characters,
+/// `@` allowed anywhere but first.
 fn is_key(key: &[u8]) -> bool {
-    let keychars = |s: &[u8]| s.iter().all(|&c| is_keychar(c));
-    match key.iter().position(|&b| b == b'@') {
-        None => matches!(key.first(), Some(b'a'..=b'z')) && key.len() <= 256 && keychars(&key[1..]),
-        Some(at) => {
-            let (tenant, system) = (&key[..at], &key[at + 1..]);
-            matches!(tenant.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
-                && tenant.len() <= 241
-                && keychars(&tenant[1..])
-                && matches!(system.first(), Some(b'a'..=b'z'))
-                && system.len() <= 14
-                && keychars(&system[1..])
-        }
-    }
+    matches!(key.first(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && key.len() <= 256
+        && key[1..].iter().all(|&c| is_keychar(c))
 }
 
 fn is_keychar(c: u8) -> bool {
-    matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/')
+    matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/' | b'@')
 }
 
 /// `value = 0*255(chr) nblk-chr`, `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`,

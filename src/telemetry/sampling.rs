@@ -1,147 +1,232 @@
-//! The sampler: parent-based, with a trace-ID ratio for new roots, as the OpenTelemetry
-//! `parentbased_traceidratio` sampler specifies. The decision for a root is a pure function of
-//! the trace ID, so every proxy that sees the same new trace decides the same way.
+//! The sampler: parent-based or not, as `OTEL_TRACES_SAMPLER` says, with OpenTelemetry's
+//! consistent probability sampling for new roots (`tracestate-probability-sampling.md`), the
+//! sampling rules of a hot-reloaded file, and a force-trace header for trusted sources.
+//!
+//! For every request it decides the trace ID, the flags and the `tracestate` to propagate:
+//! - **Continuing a trace, parent-based**: the parent's `sampled` flag, its `random` flag, and
+//!   its `tracestate` untouched, except that an `ot` `th` contradicting the flag (`R >= T` must
+//!   hold exactly when sampled) is erased.
+//! - **A new root** (or a B3 parent without a decision, or any parent when not parent-based):
+//!   the first matching rule, else the default ratio. A ratio keeps the trace iff `R >= T`, with
+//!   `T = (1 - ratio) * 2^56` and `R` the `ot` `rv` sub-key if present, else the trace ID's
+//!   right-most 7 bytes; a kept trace carries `ot=th:<T>`. Decisions that are not a probability
+//!   (never, a rate limit, a force-trace header, B3's bare `b3: 1`) erase `th`: its adjusted
+//!   count would be a lie. `rv` is never written or changed.
+//! - **Force-trace** (`x-tracemesh-force-trace: 1`): sampled, but only when the request's source
+//!   address is in `--trusted-cidrs`; from anywhere else the header is ignored.
+//!
+//! New roots get a fully random trace ID and the `random` flag.
 
+pub mod limiter;
+pub mod otstate;
+pub mod rules;
+pub mod threshold;
+
+use std::{net::IpAddr, sync::Arc};
+
+use http::{HeaderName, HeaderValue};
+
+use self::{
+    rules::{Action, RequestFacts, Rules},
+    threshold::Threshold,
+};
 use crate::{
     config::SamplerConfig,
-    context::{Extracted, TraceId},
+    context::{Extracted, TraceFlags, TraceId},
 };
 
-/// A configured sampler. `Copy`: it is two numbers.
-#[derive(Debug, Clone, Copy)]
+/// The header that asks for a request to be sampled (honoured from `--trusted-cidrs` only).
+pub static FORCE_TRACE: HeaderName = HeaderName::from_static("x-tracemesh-force-trace");
+
+/// A configured sampler. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Sampler {
     parent_based: bool,
-    /// Roots whose trace ID's low 63 bits fall below this are sampled.
-    threshold: u64,
-    always: bool,
+    /// What a new root gets when no rule matches.
+    default: Action,
+    /// `ot=th:<T>` of the default ratio, built once: a sampled new root without incoming
+    /// `tracestate` propagates this value, with no allocation.
+    default_th: Option<HeaderValue>,
+    trusted: Arc<[ipnet::IpNet]>,
 }
 
 /// What the sampler decided for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub trace_id: TraceId,
-    pub sampled: bool,
+    /// `sampled` as decided, `random` as received (or set, for a new trace ID).
+    pub flags: TraceFlags,
+    /// The `tracestate` to propagate and to export with the span.
+    pub tracestate: Option<HeaderValue>,
+    /// Why, for logs and tests.
+    pub reason: Reason,
+}
+
+impl Decision {
+    pub fn sampled(&self) -> bool {
+        self.flags.is_sampled()
+    }
+}
+
+/// What made a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The parent's flag.
+    Parent,
+    /// A decision that came without IDs (`b3: 1`, `X-B3-Sampled: 0`).
+    Hint,
+    /// The force-trace header from a trusted source.
+    Forced,
+    /// A rule's or the default's ratio (with its rate limit, if any).
+    Ratio,
+    /// A rule said never.
+    Never,
+    /// The ratio kept the trace but the rate limit had no token.
+    RateLimited,
 }
 
 impl Sampler {
-    pub fn new(config: SamplerConfig) -> Self {
-        let ratio = config.root_ratio.get();
+    pub fn new(config: SamplerConfig, trusted: Arc<[ipnet::IpNet]>) -> Self {
+        let threshold = Threshold::from_probability(config.root_ratio.get());
         Sampler {
             parent_based: config.parent_based,
-            // Same arithmetic as the OpenTelemetry SDKs' TraceIdRatioBased sampler.
-            threshold: (ratio * (1u64 << 63) as f64) as u64,
-            always: ratio >= 1.0,
+            default: Action::Sample {
+                threshold,
+                limit: None,
+            },
+            default_th: otstate::only_th(threshold),
+            trusted,
         }
     }
 
-    /// Decides for a request: follow the remote parent's flag when parent-based, else apply the
-    /// ratio to the (continued or new) trace ID. A decision that came without IDs (`b3: 1`,
-    /// `b3: 0`, `X-B3-Sampled`) is honoured for the new root it starts.
-    pub fn decide(&self, extracted: &Extracted) -> Decision {
+    /// Decides for a request from `client`; `rules` are the current sampling rules.
+    pub fn decide(
+        &self,
+        extracted: &Extracted,
+        req: &RequestFacts<'_>,
+        rules: &Rules,
+        client: IpAddr,
+    ) -> Decision {
+        let forced = self.forced(req, client);
         match extracted.parent {
-            Some(parent) => {
-                let sampled = if self.parent_based && !extracted.deferred {
-                    parent.flags.is_sampled()
-                } else {
-                    self.ratio_says(parent.trace_id)
-                };
+            Some(parent) if self.parent_based && !extracted.deferred => {
+                let incoming = extracted.tracestate.as_ref();
+                let random = parent.flags.is_random();
+                if forced && !parent.flags.is_sampled() {
+                    return Decision {
+                        trace_id: parent.trace_id,
+                        flags: TraceFlags::new(true, random),
+                        tracestate: otstate::with_th(incoming, None),
+                        reason: Reason::Forced,
+                    };
+                }
+                let sampled = parent.flags.is_sampled();
+                let ot = otstate::read(incoming);
+                let r = ot.rv.unwrap_or_else(|| parent.trace_id.low56());
+                let contradicts = ot.th.is_some_and(|th| th.keeps(r) != sampled);
                 Decision {
                     trace_id: parent.trace_id,
-                    sampled,
+                    flags: TraceFlags::new(sampled, random),
+                    tracestate: if contradicts {
+                        otstate::with_th(incoming, None)
+                    } else {
+                        extracted.tracestate.clone()
+                    },
+                    reason: Reason::Parent,
                 }
             }
+            Some(parent) => self.root(
+                parent.trace_id,
+                parent.flags.is_random(),
+                extracted.tracestate.as_ref(),
+                forced,
+                req,
+                rules,
+            ),
             None => {
                 let trace_id = TraceId::random();
-                let sampled = match extracted.sampled_hint {
-                    Some(hint) if self.parent_based => hint,
-                    _ => self.ratio_says(trace_id),
-                };
-                Decision { trace_id, sampled }
+                match extracted.sampled_hint {
+                    Some(hint) if self.parent_based && !forced => Decision {
+                        trace_id,
+                        flags: TraceFlags::new(hint, true),
+                        tracestate: None,
+                        reason: Reason::Hint,
+                    },
+                    _ => self.root(trace_id, true, None, forced, req, rules),
+                }
             }
         }
     }
 
-    fn ratio_says(&self, trace_id: TraceId) -> bool {
-        if self.always {
-            return true;
+    /// A decision of our own for `trace_id`.
+    fn root(
+        &self,
+        trace_id: TraceId,
+        random: bool,
+        incoming: Option<&HeaderValue>,
+        forced: bool,
+        req: &RequestFacts<'_>,
+        rules: &Rules,
+    ) -> Decision {
+        let decision = |sampled: bool, th: Option<Threshold>, reason| Decision {
+            trace_id,
+            flags: TraceFlags::new(sampled, random),
+            tracestate: match (incoming, th) {
+                // The common case, a sampled new root: a value built once.
+                (None, Some(t)) if self.default_matches(t) => self.default_th.clone(),
+                _ => otstate::with_th(incoming, th),
+            },
+            reason,
+        };
+        if forced {
+            return decision(true, None, Reason::Forced);
         }
-        let mut low = [0u8; 8];
-        low.copy_from_slice(&trace_id.0[8..]);
-        (u64::from_be_bytes(low) >> 1) < self.threshold
+        let action = rules.decide(req).map_or(&self.default, |(a, _)| a);
+        match action {
+            Action::Never => decision(false, None, Reason::Never),
+            Action::Sample { threshold, limit } => {
+                let r = otstate::read(incoming)
+                    .rv
+                    .unwrap_or_else(|| trace_id.low56());
+                if !threshold.keeps(r) {
+                    return decision(false, None, Reason::Ratio);
+                }
+                match limit {
+                    None => decision(true, Some(*threshold), Reason::Ratio),
+                    Some(l) if l.try_acquire() => decision(true, None, Reason::Ratio),
+                    Some(_) => decision(false, None, Reason::RateLimited),
+                }
+            }
+        }
+    }
+
+    fn default_matches(&self, t: Threshold) -> bool {
+        matches!(self.default, Action::Sample { threshold, .. } if threshold == t)
+    }
+
+    /// Whether the request carries the force-trace header from a trusted source.
+    fn forced(&self, req: &RequestFacts<'_>, client: IpAddr) -> bool {
+        if self.trusted.is_empty() {
+            return false;
+        }
+        let asked = req
+            .headers
+            .get(&FORCE_TRACE)
+            .is_some_and(|v| matches!(v.as_bytes(), b"1" | b"true"));
+        asked && {
+            let client = canonical(client);
+            self.trusted.iter().any(|net| net.contains(&client))
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::SampleRatio;
-    use crate::context::{self, SpanContext, SpanId, TraceFlags};
-
-    fn sampler(parent_based: bool, ratio: f64) -> Sampler {
-        Sampler::new(SamplerConfig {
-            parent_based,
-            root_ratio: SampleRatio::new(ratio).unwrap(),
-        })
-    }
-
-    fn with_parent(sampled: bool) -> Extracted {
-        let mut h = http::HeaderMap::new();
-        let flags = if sampled { "01" } else { "00" };
-        h.insert(
-            "traceparent",
-            format!("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}")
-                .parse()
-                .unwrap(),
-        );
-        context::extract(&h)
-    }
-
-    #[test]
-    fn parent_based_follows_the_parent_flag_whatever_the_ratio() {
-        let s = sampler(true, 0.0);
-        let d = s.decide(&with_parent(true));
-        assert!(d.sampled);
-        assert_eq!(d.trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
-        let s = sampler(true, 1.0);
-        assert!(!s.decide(&with_parent(false)).sampled);
-    }
-
-    #[test]
-    fn non_parent_based_ignores_the_parent_flag() {
-        assert!(sampler(false, 1.0).decide(&with_parent(false)).sampled);
-        assert!(!sampler(false, 0.0).decide(&with_parent(true)).sampled);
-    }
-
-    #[test]
-    fn root_ratio_samples_about_that_fraction() {
-        let s = sampler(true, 0.25);
-        let none = context::extract(&http::HeaderMap::new());
-        let n = 20_000;
-        let sampled = (0..n).filter(|_| s.decide(&none).sampled).count();
-        let frac = sampled as f64 / n as f64;
-        assert!((0.22..0.28).contains(&frac), "sampled fraction {frac}");
-    }
-
-    #[test]
-    fn ratio_decision_is_a_function_of_the_trace_id() {
-        let s = sampler(false, 0.5);
-        let parent = SpanContext {
-            trace_id: TraceId([0xab; 16]),
-            span_id: SpanId([1; 8]),
-            flags: TraceFlags::SAMPLED,
-        };
-        let mut e = context::extract(&http::HeaderMap::new());
-        e.parent = Some(parent);
-        let first = s.decide(&e).sampled;
-        assert!((0..100).all(|_| s.decide(&e).sampled == first));
-    }
-
-    #[test]
-    fn b3_deny_without_ids_starts_an_unsampled_root() {
-        let mut h = http::HeaderMap::new();
-        h.insert("b3", "0".parse().unwrap());
-        let d = sampler(true, 1.0).decide(&context::extract(&h));
-        assert!(!d.sampled);
-        assert!(d.trace_id.is_valid());
-    }
-}
+mod tests;

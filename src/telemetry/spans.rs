@@ -22,9 +22,9 @@ use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{Failure, Outcome, SpanRecord, Telemetry};
+use super::{sampling::rules::RequestFacts, Failure, Outcome, SpanRecord, Telemetry};
 use crate::{
-    context::{self, SpanContext, SpanId, TraceFlags},
+    context::{self, SpanContext, SpanId},
     metrics::{
         red::{method_label, GrpcLabels, GrpcMethod, RedLabels, TraceExemplar},
         Direction,
@@ -104,19 +104,31 @@ where
             telemetry.metrics().invalid_header(format, reason);
             tracing::debug!(format = format.as_str(), %reason, "ignored invalid trace context header");
         }
-        let decision = telemetry.sampler().decide(&extracted);
+        // One snapshot of the reloadable policy serves this request's route and decision.
+        let policy = telemetry.policy().load();
+        let route = policy.routes.route(req.uri().path());
+        let decision = telemetry.sampler().decide(
+            &extracted,
+            &RequestFacts {
+                direction: layer.kind,
+                method: req.method(),
+                path: req.uri().path(),
+                route,
+                headers: req.headers(),
+            },
+            &policy.rules,
+            layer.client.ip(),
+        );
+        drop(policy);
+        let sampled = decision.sampled();
         let ctx = SpanContext {
             trace_id: decision.trace_id,
             span_id: SpanId::random(),
-            flags: if decision.sampled {
-                TraceFlags::SAMPLED
-            } else {
-                TraceFlags::NOT_SAMPLED
-            },
+            flags: decision.flags,
         };
         let parent = extracted.parent.map(|p| p.span_id);
-        // Only a tracestate that belongs to the continued trace travels on.
-        let tracestate = extracted.tracestate;
+        // What travels on is what the span is exported with.
+        let tracestate = decision.tracestate;
         context::inject(
             req.headers_mut(),
             &ctx,
@@ -126,8 +138,7 @@ where
 
         // gRPC runs over HTTP/2 only; an HTTP/1 request with a gRPC content type is plain HTTP.
         let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
-        let route = telemetry.routes().route(req.uri().path());
-        let record = (decision.sampled && telemetry.records()).then(|| {
+        let record = (sampled && telemetry.records()).then(|| {
             let headers = req.headers();
             SpanRecord {
                 kind: layer.kind,
@@ -174,7 +185,7 @@ where
             red,
             grpc_path,
             // An exemplar must lead to a trace: only for spans that are exported.
-            exemplar: (decision.sampled && telemetry.records()).then_some(TraceExemplar {
+            exemplar: (sampled && telemetry.records()).then_some(TraceExemplar {
                 trace_id: ctx.trace_id,
                 span_id: ctx.span_id,
             }),

@@ -127,6 +127,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// Switches the sampling rules' probe defaults off, for tests whose RPC is
+    /// `grpc.health.v1.Health`, which the defaults never sample.
+    pub fn sample_health_checks(self) -> Self {
+        self.arg("--sampling-rules").arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/sampling/probe-defaults-off.yaml"
+        ))
+    }
+
     /// Sets a variable in the child's environment.
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.env

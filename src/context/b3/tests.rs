@@ -319,7 +319,6 @@ fn multi_invalid_values_are_rejected_with_a_reason() {
     };
     assert_eq!(with((&X_B3_SAMPLED, "yes")), Err(Sampling));
     assert_eq!(with((&X_B3_SAMPLED, "d")), Err(Sampling));
-    assert_eq!(with((&X_B3_FLAGS, "2")), Err(Sampling));
     assert_eq!(with((&X_B3_PARENTSPANID, "0000000000000000")), Err(ZeroId));
     assert_eq!(with((&X_B3_PARENTSPANID, "xyz")), Err(Length));
     assert_eq!(
@@ -354,4 +353,21 @@ fn multi_values_tolerate_surrounding_ows() {
         (&X_B3_SAMPLED, " 1 "),
     ]);
     assert_eq!(ids_of(parsed.map(Option::unwrap)).0.trace_id, trace(TRACE));
+}
+
+#[test]
+fn x_b3_flags_other_than_1_is_ignored_and_the_context_stays_valid() {
+    for flags in ["2", "0", "3", "debug", ""] {
+        let (ctx, _, sampling) = ids_of(
+            multi(&[
+                (&X_B3_TRACEID, TRACE),
+                (&X_B3_SPANID, SPAN),
+                (&X_B3_SAMPLED, "1"),
+                (&X_B3_FLAGS, flags),
+            ])
+            .map(Option::unwrap),
+        );
+        assert_eq!(sampling, SamplingState::Accept, "X-B3-Flags: {flags:?}");
+        assert!(ctx.flags.is_sampled());
+    }
 }
