@@ -48,6 +48,49 @@ enum Command {
     Inject(tracemesh::k8s::inject::InjectArgs),
     /// Mutating admission webhook (TLS) that injects the sidecar into new pods.
     Webhook(Box<tracemesh::k8s::webhook::WebhookArgs>),
+    /// Checks a sampling rules file and a routes file as the proxy would load them (for a
+    /// ConfigMap before it is applied): exit 0 and a summary, or 64 and the first error.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CheckConfigArgs {
+    /// A sampling rules file (YAML).
+    #[arg(long)]
+    sampling_rules: Option<std::path::PathBuf>,
+    /// A routes file (one template per line).
+    #[arg(long)]
+    routes_file: Option<std::path::PathBuf>,
+}
+
+fn check_config(args: &CheckConfigArgs) -> ExitCode {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let result = (|| -> Result<(), String> {
+        if let Some(path) = &args.sampling_rules {
+            let rules = tracemesh::telemetry::sampling::rules::Rules::parse(&read(path)?)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            println!(
+                "{}: {} sampling rules in force",
+                path.display(),
+                rules.len()
+            );
+        }
+        if let Some(path) = &args.routes_file {
+            let routes = tracemesh::config::routes::Routes::parse_file(&read(path)?)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("{}: {} route templates", path.display(), routes.len());
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tracemesh check-config: {e}");
+            ExitCode::from(config::EXIT_CONFIG as u8)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -63,7 +106,11 @@ fn main() -> ExitCode {
     // The demo prints a report; its proxies' start-up lines would only clutter it.
     init_logging(match cli.command {
         Command::Demo(_) => "warn",
-        Command::Proxy(_) | Command::Init(_) | Command::Inject(_) | Command::Webhook(_) => "info",
+        Command::Proxy(_)
+        | Command::Init(_)
+        | Command::Inject(_)
+        | Command::Webhook(_)
+        | Command::CheckConfig(_) => "info",
     });
     match cli.command {
         Command::Proxy(args) => run_proxy(*args),
@@ -127,6 +174,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::CheckConfig(args) => check_config(&args),
         Command::Demo(args) => {
             let rt = runtime(2);
             match rt.block_on(tracemesh::demo::run(args)) {

@@ -25,6 +25,8 @@
 //! | `tracemesh.io/otlp-endpoint` | `http://` or `https://` URL → `OTEL_EXPORTER_OTLP_ENDPOINT` |
 //! | `tracemesh.io/skip-inbound-ports`, `tracemesh.io/skip-outbound-ports` | comma-separated ports |
 //! | `tracemesh.io/skip-outbound-cidrs` | comma-separated IPs or CIDRs |
+//! | `tracemesh.io/config` | a ConfigMap in the pod's namespace with `sampling-rules.yaml` and `routes` → mounted at `/etc/tracemesh/config`, hot-reloaded |
+//! | `tracemesh.io/trusted-cidrs` | comma-separated IPs or CIDRs whose force-trace header is honoured → `TRACEMESH_TRUSTED_CIDRS` |
 //!
 //! Written by the mutation: `tracemesh.io/injected: "true"` on an injected template, and
 //! `tracemesh.io/inject-skipped: <reason>` on one left alone. An already-injected template is not
@@ -34,8 +36,9 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SecurityContext,
+        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+        HTTPGetAction, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements, SecurityContext,
+        Volume, VolumeMount,
     },
     apimachinery::pkg::{
         api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString,
@@ -46,7 +49,8 @@ use crate::{
     config::{
         SampleRatio, ENV_ADMIN_LISTEN, ENV_INBOUND_LISTEN, ENV_NODE_NAME, ENV_OTLP_ENDPOINT,
         ENV_OTLP_PROTOCOL, ENV_OUTBOUND_LISTEN, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_PROPAGATORS,
-        ENV_SERVICE_NAME, ENV_TRACES_SAMPLER, ENV_TRACES_SAMPLER_ARG,
+        ENV_ROUTES_FILE, ENV_SAMPLING_RULES, ENV_SERVICE_NAME, ENV_TRACES_SAMPLER,
+        ENV_TRACES_SAMPLER_ARG, ENV_TRUSTED_CIDRS,
     },
     context::Propagators,
     k8s::init::DEFAULT_PROXY_UID,
@@ -63,6 +67,14 @@ pub const ANNOTATION_OTLP_ENDPOINT: &str = "tracemesh.io/otlp-endpoint";
 pub const ANNOTATION_SKIP_INBOUND_PORTS: &str = "tracemesh.io/skip-inbound-ports";
 pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "tracemesh.io/skip-outbound-ports";
 pub const ANNOTATION_SKIP_OUTBOUND_CIDRS: &str = "tracemesh.io/skip-outbound-cidrs";
+pub const ANNOTATION_CONFIG: &str = "tracemesh.io/config";
+pub const ANNOTATION_TRUSTED_CIDRS: &str = "tracemesh.io/trusted-cidrs";
+/// The volume that carries the reloadable config's ConfigMap into the sidecar.
+pub const CONFIG_VOLUME: &str = "tracemesh-config";
+/// Where the sidecar sees that ConfigMap; its keys are the file names below.
+pub const CONFIG_MOUNT: &str = "/etc/tracemesh/config";
+pub const CONFIG_KEY_SAMPLING_RULES: &str = "sampling-rules.yaml";
+pub const CONFIG_KEY_ROUTES: &str = "routes";
 /// Written on an injected pod template.
 pub const ANNOTATION_INJECTED: &str = "tracemesh.io/injected";
 /// Written on a pod template left alone, with a [`SkipReason`].
@@ -101,6 +113,11 @@ pub struct InjectConfig {
     pub skip_inbound_ports: Vec<u16>,
     pub skip_outbound_ports: Vec<u16>,
     pub skip_outbound_cidrs: Vec<String>,
+    /// The ConfigMap (in the pod's namespace) with the sampling rules and route templates;
+    /// unset mounts nothing.
+    pub config_map: Option<String>,
+    /// `TRACEMESH_TRUSTED_CIDRS` for the sidecar.
+    pub trusted_cidrs: Vec<String>,
     /// `imagePullPolicy` of both containers; unset leaves Kubernetes' default.
     pub image_pull_policy: Option<String>,
     /// `--iptables` for the init container (e.g. `iptables-legacy`); unset uses its default.
@@ -131,6 +148,8 @@ impl Default for InjectConfig {
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
+            config_map: None,
+            trusted_cidrs: Vec::new(),
             image_pull_policy: None,
             iptables: None,
             otlp_protocol: None,
@@ -222,6 +241,8 @@ struct Settings {
     skip_inbound_ports: Vec<u16>,
     skip_outbound_ports: Vec<u16>,
     skip_outbound_cidrs: Vec<String>,
+    config_map: Option<String>,
+    trusted_cidrs: Vec<String>,
 }
 
 /// Injects the sidecar into one pod (or pod template): `meta` is the pod template's metadata
@@ -293,6 +314,19 @@ pub fn inject_pod_spec(
         .push(init_container(config, &settings));
     spec.containers
         .insert(0, proxy_container(config, &settings, workload));
+    if let Some(name) = &settings.config_map {
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: CONFIG_VOLUME.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                // A pod starts without its ConfigMap (the proxy uses its defaults, says so
+                // once, and loads the files when they appear).
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.remove(ANNOTATION_INJECT_SKIPPED);
     annotations.insert(ANNOTATION_INJECTED.to_owned(), "true".to_owned());
@@ -306,6 +340,15 @@ pub fn inject_pod_spec(
         }
     }
     Ok(Outcome::Injected)
+}
+
+/// The config volume the mutation added, if it added one (both writers copy it out).
+pub(crate) fn added_volume(spec: &PodSpec) -> Option<&Volume> {
+    spec.volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == CONFIG_VOLUME)
 }
 
 fn invalid(key: &'static str, value: &str, reason: impl Into<String>) -> InjectError {
@@ -352,15 +395,23 @@ fn resolve<'a>(
     };
     let skip_inbound_ports = ports(ANNOTATION_SKIP_INBOUND_PORTS, &config.skip_inbound_ports)?;
     let skip_outbound_ports = ports(ANNOTATION_SKIP_OUTBOUND_PORTS, &config.skip_outbound_ports)?;
-    let skip_outbound_cidrs = match lookup(ANNOTATION_SKIP_OUTBOUND_CIDRS) {
-        None => config.skip_outbound_cidrs.clone(),
-        Some(v) => split_list(v)
-            .map(|c| {
-                check_cidr(c)
-                    .map(|()| c.to_owned())
-                    .map_err(|reason| invalid(ANNOTATION_SKIP_OUTBOUND_CIDRS, v, reason))
-            })
-            .collect::<Result<_, _>>()?,
+    let cidrs = |key: &'static str, default: &[String]| -> Result<Vec<String>, InjectError> {
+        match lookup(key) {
+            None => Ok(default.to_vec()),
+            Some(v) => split_list(v)
+                .map(|c| {
+                    check_cidr(c)
+                        .map(|()| c.to_owned())
+                        .map_err(|reason| invalid(key, v, reason))
+                })
+                .collect(),
+        }
+    };
+    let skip_outbound_cidrs = cidrs(ANNOTATION_SKIP_OUTBOUND_CIDRS, &config.skip_outbound_cidrs)?;
+    let trusted_cidrs = cidrs(ANNOTATION_TRUSTED_CIDRS, &config.trusted_cidrs)?;
+    let config_map = match lookup(ANNOTATION_CONFIG) {
+        None => config.config_map.clone(),
+        Some(v) => Some(check_config_map_name(v).map_err(|r| invalid(ANNOTATION_CONFIG, v, r))?),
     };
     Ok(Settings {
         otlp_endpoint,
@@ -369,7 +420,29 @@ fn resolve<'a>(
         skip_inbound_ports,
         skip_outbound_ports,
         skip_outbound_cidrs,
+        config_map,
+        trusted_cidrs,
     })
+}
+
+/// A ConfigMap name: a DNS subdomain (RFC 1123), as the API server requires.
+pub fn check_config_map_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err("not a ConfigMap name (lowercase RFC 1123 subdomain)".to_owned())
+    }
 }
 
 fn split_list(v: &str) -> impl Iterator<Item = &str> {
@@ -545,6 +618,26 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
         ));
         env_vars.push(env(ENV_TRACES_SAMPLER_ARG, r.get().to_string()));
     }
+    if !s.trusted_cidrs.is_empty() {
+        env_vars.push(env(ENV_TRUSTED_CIDRS, join(&s.trusted_cidrs)));
+    }
+    let mut volume_mounts = None;
+    if s.config_map.is_some() {
+        env_vars.push(env(
+            ENV_SAMPLING_RULES,
+            format!("{CONFIG_MOUNT}/{CONFIG_KEY_SAMPLING_RULES}"),
+        ));
+        env_vars.push(env(
+            ENV_ROUTES_FILE,
+            format!("{CONFIG_MOUNT}/{CONFIG_KEY_ROUTES}"),
+        ));
+        volume_mounts = Some(vec![VolumeMount {
+            name: CONFIG_VOLUME.to_owned(),
+            mount_path: CONFIG_MOUNT.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]);
+    }
     let port = |name: &str, port: u16| ContainerPort {
         name: Some(name.to_owned()),
         container_port: i32::from(port),
@@ -575,6 +668,7 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
         resources: Some(config.proxy_resources.clone()),
         readiness_probe: Some(http_probe("/ready")),
         liveness_probe: Some(http_probe("/live")),
+        volume_mounts,
         ..Default::default()
     }
 }

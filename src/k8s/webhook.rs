@@ -179,6 +179,10 @@ pub struct InjectDefaults {
     pub otlp_protocol: Option<String>,
     #[arg(long = "sample-ratio", env = "TRACEMESH_INJECT_SAMPLE_RATIO")]
     pub sample_ratio: Option<SampleRatio>,
+    /// The ConfigMap (in each pod's namespace) with `sampling-rules.yaml` and `routes` that the
+    /// sidecar mounts and reloads, unless a `tracemesh.io/config` annotation names another one.
+    #[arg(long = "config-map", env = "TRACEMESH_INJECT_CONFIG_MAP", value_parser = parse_optional_config_map)]
+    pub config_map: Option<String>,
     #[arg(long = "propagators", env = "TRACEMESH_INJECT_PROPAGATORS", value_parser = |s: &str| Propagators::parse(s).map_err(|e| e.to_string()))]
     pub propagators: Option<Propagators>,
     /// `resources` of the sidecar, as JSON (`{"requests":{"cpu":"10m"},"limits":{...}}`).
@@ -190,6 +194,14 @@ pub struct InjectDefaults {
     /// Add prometheus.io/scrape, port and path annotations for the sidecar's admin port.
     #[arg(long = "prometheus-annotations", env = "TRACEMESH_INJECT_PROMETHEUS_ANNOTATIONS", default_value_t = false, action = clap::ArgAction::Set)]
     pub prometheus_annotations: bool,
+}
+
+/// A ConfigMap name, or empty for none (the chart's way of leaving it unset).
+fn parse_optional_config_map(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Ok(String::new());
+    }
+    crate::k8s::inject::check_config_map_name(s.trim())
 }
 
 /// A parsed port list (a newtype so clap does not treat it as a repeated argument).
@@ -321,6 +333,8 @@ impl WebhookArgs {
             otlp_endpoint: non_empty(&d.otlp_endpoint),
             otlp_protocol: non_empty(&d.otlp_protocol),
             sample_ratio: d.sample_ratio,
+            config_map: non_empty(&d.config_map),
+            trusted_cidrs: Vec::new(),
             propagators: d.propagators,
             proxy_resources: d
                 .proxy_resources
@@ -436,6 +450,14 @@ pub fn mutate(
             patch.push(json!({"op": "add", "path": "/spec/initContainers", "value": [init]}));
         }
         patch.push(json!({"op": "add", "path": "/spec/containers/0", "value": proxy}));
+        if let Some(volume) = crate::k8s::inject::added_volume(&spec) {
+            let volume = serde_json::to_value(volume).expect("a Volume serializes");
+            if pod.pointer("/spec/volumes").is_some_and(Value::is_array) {
+                patch.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+            } else {
+                patch.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
+            }
+        }
     }
     Ok(Mutation { outcome, patch })
 }

@@ -49,6 +49,12 @@ ALL_ON = {
         "skipOutboundPorts": [5432, 6379],
         "skipOutboundCIDRs": ["169.254.169.254/32", "fd00::/8"],
         "iptables": "iptables-legacy",
+        "config": {
+            "configMapName": "shop-tracing",
+            "namespaces": ["shop", "payments"],
+            "samplingRules": "rules:\n  - match: { path_prefix: /internal/ }\n    never: true\n",
+            "routes": ["/users/{id}", "/orders/{id}/items/{item}"],
+        },
     },
     "webhook": {
         "replicas": 3,
@@ -424,9 +430,30 @@ class EveryOptionOn(unittest.TestCase):
         self.assertEqual(data["TRACEMESH_INJECT_OTLP_PROTOCOL"], "http/protobuf")
         self.assertEqual(data["TRACEMESH_INJECT_PROMETHEUS_ANNOTATIONS"], "false")
         self.assertEqual(data["TRACEMESH_INJECT_IPTABLES"], "iptables-legacy")
+        self.assertEqual(data["TRACEMESH_INJECT_CONFIG_MAP"], "shop-tracing")
         dep = by_kind(self.docs, "Deployment")
         self.assertEqual(dep["spec"]["replicas"], 3)
         self.assertEqual(dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always")
+
+    def test_sampling_config_lands_in_each_namespace_and_the_proxy_accepts_it(self):
+        copies = [d for _, _, d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "shop-tracing"]
+        self.assertEqual(sorted(c["metadata"]["namespace"] for c in copies), ["payments", "shop"])
+        for c in copies:
+            self.assertEqual(c["data"]["routes"], "/users/{id}\n/orders/{id}/items/{item}")
+            self.assertEqual(c["data"]["sampling-rules.yaml"], ALL_ON["proxy"]["config"]["samplingRules"])
+        # What the chart writes is what the proxy loads: the real binary parses both files.
+        with tempfile.TemporaryDirectory() as d:
+            for key, text in copies[0]["data"].items():
+                with open(os.path.join(d, key), "w") as f:
+                    f.write(text)
+            out = subprocess.run(
+                [tracemesh_binary(), "check-config",
+                 "--sampling-rules", os.path.join(d, "sampling-rules.yaml"),
+                 "--routes-file", os.path.join(d, "routes")],
+                capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertIn("3 sampling rules", out.stdout)
+            self.assertIn("2 route templates", out.stdout)
 
     def test_pod_monitor(self):
         pm = by_kind(self.docs, "PodMonitor")

@@ -328,6 +328,9 @@ fn invalid_annotations_are_rejected_without_mutation() {
         (ANNOTATION_SKIP_INBOUND_PORTS, "80,http"),
         (ANNOTATION_SKIP_OUTBOUND_PORTS, "70000"),
         (ANNOTATION_SKIP_OUTBOUND_CIDRS, "10.0.0.0/33"),
+        (ANNOTATION_CONFIG, "Tracemesh_Config"),
+        (ANNOTATION_CONFIG, "-bad"),
+        (ANNOTATION_TRUSTED_CIDRS, "10.0.0.0/40"),
     ] {
         let (mut meta, mut spec) = pod(&[(key, value)]);
         let (meta0, spec0) = (meta.clone(), spec.clone());
@@ -347,6 +350,101 @@ fn invalid_annotations_are_rejected_without_mutation() {
             "{key}={value} mutated the pod"
         );
     }
+}
+
+#[test]
+fn config_annotation_mounts_the_configmap_and_points_the_proxy_at_its_files() {
+    let (_, spec, _) = inject(&[(ANNOTATION_CONFIG, "checkout-tracing")], &[]).unwrap();
+    let volume = added_volume(&spec).expect("the config volume");
+    let source = volume.config_map.as_ref().unwrap();
+    assert_eq!(source.name, "checkout-tracing");
+    assert_eq!(
+        source.optional,
+        Some(true),
+        "a missing ConfigMap never blocks the pod"
+    );
+    let p = proxy(&spec);
+    let mounts = p.volume_mounts.as_deref().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].name, CONFIG_VOLUME);
+    assert_eq!(mounts[0].mount_path, "/etc/tracemesh/config");
+    assert_eq!(mounts[0].read_only, Some(true));
+    assert_eq!(
+        env_value(p, ENV_SAMPLING_RULES),
+        Some("/etc/tracemesh/config/sampling-rules.yaml")
+    );
+    assert_eq!(
+        env_value(p, ENV_ROUTES_FILE),
+        Some("/etc/tracemesh/config/routes")
+    );
+    // The app's containers get nothing.
+    assert!(spec.containers[1].volume_mounts.is_none());
+
+    // Without the annotation or a configured default: no volume, no files.
+    let (_, spec, _) = inject(&[], &[]).unwrap();
+    assert!(added_volume(&spec).is_none());
+    assert_eq!(env_value(proxy(&spec), ENV_SAMPLING_RULES), None);
+
+    // The webhook's default (the chart's ConfigMap), and the namespace annotation over it.
+    let config = InjectConfig {
+        config_map: Some("tracemesh-proxy-config".to_owned()),
+        ..InjectConfig::default()
+    };
+    let (mut meta, mut spec) = pod(&[]);
+    inject_pod_spec(&mut meta, &mut spec, &BTreeMap::new(), None, &config).unwrap();
+    assert_eq!(
+        added_volume(&spec)
+            .unwrap()
+            .config_map
+            .as_ref()
+            .unwrap()
+            .name,
+        "tracemesh-proxy-config"
+    );
+    let (mut meta, mut spec) = pod(&[]);
+    let ns = BTreeMap::from([(ANNOTATION_CONFIG.to_owned(), "team-config".to_owned())]);
+    inject_pod_spec(&mut meta, &mut spec, &ns, None, &config).unwrap();
+    assert_eq!(
+        added_volume(&spec)
+            .unwrap()
+            .config_map
+            .as_ref()
+            .unwrap()
+            .name,
+        "team-config"
+    );
+}
+
+#[test]
+fn trusted_cidrs_annotation_sets_the_proxy_variable() {
+    let (_, spec, _) = inject(
+        &[(ANNOTATION_TRUSTED_CIDRS, "10.0.0.0/8, 192.168.1.7")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        env_value(proxy(&spec), ENV_TRUSTED_CIDRS),
+        Some("10.0.0.0/8,192.168.1.7")
+    );
+    let (_, spec, _) = inject(&[], &[]).unwrap();
+    assert_eq!(env_value(proxy(&spec), ENV_TRUSTED_CIDRS), None);
+}
+
+#[test]
+fn the_yaml_path_writes_the_config_volume_next_to_the_pods_own() {
+    let input = "kind: Deployment\nmetadata: {name: w}\nspec:\n  template:\n    metadata:\n      annotations: {tracemesh.io/config: web-config}\n    spec:\n      volumes: [{name: data, emptyDir: {}}]\n      containers: [{name: app}]\n";
+    let (out, _) = inject_yaml(input, &InjectConfig::default()).unwrap();
+    let doc: Value = serde_yaml_ng::from_str(&out).unwrap();
+    let volumes = doc["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap();
+    let names: Vec<&str> = volumes
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["data", CONFIG_VOLUME]);
+    assert_eq!(volumes[1]["configMap"]["name"], Value::from("web-config"));
+    assert_eq!(volumes[1]["configMap"]["optional"], Value::from(true));
 }
 
 // === YAML path ===

@@ -240,6 +240,10 @@ fn inject_template(
         let proxy = added(&spec.containers, PROXY_CONTAINER)?;
         sequence_at(spec_yaml, "initContainers").push(init);
         sequence_at(spec_yaml, "containers").insert(0, proxy);
+        if let Some(v) = super::added_volume(&spec) {
+            sequence_at(spec_yaml, "volumes")
+                .push(serde_yaml_ng::to_value(v).map_err(InjectError::Write)?);
+        }
     }
     Ok(outcome)
 }

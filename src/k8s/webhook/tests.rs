@@ -427,3 +427,32 @@ fn every_variable_the_chart_sets_is_one_the_webhook_reads() {
         );
     }
 }
+
+#[test]
+fn the_config_volume_is_patched_in_and_equals_the_mutation_with_and_without_pod_volumes() {
+    let mut with_volumes = pod(json!({"tracemesh.io/config": "shop-tracing"}));
+    with_volumes["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    for original in [
+        pod(json!({"tracemesh.io/config": "shop-tracing"})),
+        with_volumes,
+    ] {
+        let namespace = ns(&[("tracemesh.io/inject", "enabled")]);
+        let m = mutate(&original, &namespace, &config()).unwrap();
+        let patched = apply(&original, &m.patch);
+        let mut meta: ObjectMeta = serde_json::from_value(original["metadata"].clone()).unwrap();
+        let mut spec: PodSpec = serde_json::from_value(original["spec"].clone()).unwrap();
+        inject_pod_spec(&mut meta, &mut spec, &namespace, Some("web"), &config()).unwrap();
+        assert_eq!(patched["spec"], serde_json::to_value(&spec).unwrap());
+        let volumes = patched["spec"]["volumes"].as_array().unwrap();
+        let ours = volumes.last().unwrap();
+        assert_eq!(ours["name"], "tracemesh-config");
+        assert_eq!(
+            ours["configMap"],
+            json!({"name": "shop-tracing", "optional": true})
+        );
+        assert_eq!(
+            patched["spec"]["containers"][0]["volumeMounts"],
+            json!([{"name": "tracemesh-config", "mountPath": "/etc/tracemesh/config", "readOnly": true}])
+        );
+    }
+}
