@@ -717,11 +717,11 @@ async fn rules_replaced_under_load_apply_within_a_second_and_a_broken_file_keeps
         let mut calls = Vec::new();
         for i in 0..800u32 {
             tick.tick().await;
-            let sent_at = started.elapsed();
             calls.push(tokio::spawn(async move {
                 let tag = i.to_string();
+                let sent_at = started.elapsed();
                 let (status, _, _) = client::http1_get(inbound, "/load", &[("x-seq", &tag)]).await;
-                (i, sent_at, status)
+                (i, sent_at, started.elapsed(), status)
             }));
         }
         let mut out = Vec::new();
@@ -733,6 +733,19 @@ async fn rules_replaced_under_load_apply_within_a_second_and_a_broken_file_keeps
     tokio::time::sleep_until(started + Duration::from_secs(1)).await;
     replace(&rules, always);
     let swapped = started.elapsed();
+    // When the proxy says it has the new version (observed, so at or after the swap inside).
+    let loaded = format!(
+        "tracemesh_config_generation{{file=\"sampling_rules\",sha256=\"{}\"}} 2",
+        sha256(always)
+    );
+    while !s.proxy.metrics().await.contains(&loaded) {
+        assert!(
+            started.elapsed() < swapped + Duration::from_secs(1),
+            "not loaded within 1 s of the swap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let applied = started.elapsed();
     tokio::time::sleep_until(started + Duration::from_millis(2500)).await;
     replace(
         &rules,
@@ -741,23 +754,26 @@ async fn rules_replaced_under_load_apply_within_a_second_and_a_broken_file_keeps
     let results = load.await.unwrap();
 
     assert_eq!(results.len(), 800);
-    let failed: Vec<_> = results.iter().filter(|r| r.2 != 200).collect();
+    let failed: Vec<_> = results.iter().filter(|r| r.3 != 200).collect();
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     let seen = s.app.wait_for_requests(800, DEADLINE).await;
     let mut before = 0;
     let mut after = 0;
     for r in &seen {
         let i: usize = header(r, "x-seq").unwrap().parse().unwrap();
-        let sent_at = results[i].1;
+        let (_, sent_at, answered_at, _) = results[i];
         let sampled = traceparent(r).2 == "03";
-        if sent_at < swapped {
-            assert!(!sampled, "request {i} sent before the swap was sampled");
+        if answered_at < swapped {
+            assert!(
+                !sampled,
+                "request {i}, answered before the swap, was sampled"
+            );
             before += 1;
-        } else if sent_at > swapped + Duration::from_secs(1) {
+        } else if sent_at > applied {
             assert!(
                 sampled,
-                "request {i} sent {:?} after the swap was not sampled",
-                sent_at - swapped
+                "request {i}, sent {:?} after the new rules were in force, was not sampled",
+                sent_at - applied
             );
             after += 1;
         }

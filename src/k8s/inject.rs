@@ -201,6 +201,8 @@ pub enum InjectError {
         value: String,
         reason: String,
     },
+    #[error("the pod already has a volume named {name}, which the sidecar's config needs")]
+    VolumeNameTaken { name: &'static str },
     #[error("reading {path}")]
     Read {
         path: String,
@@ -305,6 +307,18 @@ pub fn inject_pod_spec(
     }
 
     let settings = resolve(&lookup, config)?;
+    if settings.config_map.is_some()
+        && spec
+            .volumes
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.name == CONFIG_VOLUME)
+    {
+        return Err(InjectError::VolumeNameTaken {
+            name: CONFIG_VOLUME,
+        });
+    }
     // Validated: from here on nothing fails.
     // Last among init containers: the app's own (migrations, wait-for-db) run before the
     // rules exist, so they keep direct network access (untraced) instead of being redirected
@@ -459,6 +473,9 @@ fn check_cidr(s: &str) -> Result<(), String> {
     let max = if ip.is_ipv4() { 32 } else { 128 };
     match len {
         "" => Ok(()),
+        len if !len.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("{s:?}: prefix length must be 0..={max}"))
+        }
         len => match len.parse::<u8>() {
             Ok(n) if n <= max => Ok(()),
             _ => Err(format!("{s:?}: prefix length must be 0..={max}")),

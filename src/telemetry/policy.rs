@@ -132,11 +132,40 @@ impl Reloader {
         }
     }
 
-    /// Reads both files once; swaps the policy if either changed and parsed.
+    /// Reads both files; swaps the policy if either changed and parsed. A version counts only
+    /// once both files read the same twice in a row, so a ConfigMap update that swaps them
+    /// between the two reads is taken whole at the next poll, never half.
     async fn poll(&mut self) {
+        let first = (
+            read_file(self.rules.as_ref()).await,
+            read_file(self.routes.as_ref()).await,
+        );
+        let changed = |w: &Option<Watched>, r: &Option<std::io::Result<Vec<u8>>>| match (w, r) {
+            (Some(w), Some(Ok(bytes))) => w.last.as_deref() != Some(&bytes[..]),
+            (Some(w), Some(Err(_))) => !w.missing_logged,
+            _ => false,
+        };
+        if !changed(&self.rules, &first.0) && !changed(&self.routes, &first.1) {
+            return;
+        }
+        let second = (
+            read_file(self.rules.as_ref()).await,
+            read_file(self.routes.as_ref()).await,
+        );
+        let same =
+            |a: &Option<std::io::Result<Vec<u8>>>, b: &Option<std::io::Result<Vec<u8>>>| match (
+                a, b,
+            ) {
+                (Some(Ok(a)), Some(Ok(b))) => a == b,
+                (Some(Err(_)), Some(Err(_))) | (None, None) => true,
+                _ => false,
+            };
+        if !same(&first.0, &second.0) || !same(&first.1, &second.1) {
+            return; // caught mid-update: the next poll sees the settled version
+        }
         let mut changed = false;
         if let Some(w) = self.rules.as_mut() {
-            if let Some(bytes) = read_changed(w, &self.metrics).await {
+            if let Some(bytes) = take_changed(w, first.0, &self.metrics) {
                 match std::str::from_utf8(&bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|text| Rules::parse(text).map_err(|e| e.to_string()))
@@ -152,7 +181,7 @@ impl Reloader {
             }
         }
         if let Some(w) = self.routes.as_mut() {
-            if let Some(bytes) = read_changed(w, &self.metrics).await {
+            if let Some(bytes) = take_changed(w, first.1, &self.metrics) {
                 match std::str::from_utf8(&bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|text| Routes::parse_file(text).map_err(|e| e.to_string()))
@@ -176,10 +205,37 @@ impl Reloader {
     }
 }
 
-/// The file's bytes if they differ from the last ones seen. A missing or unreadable file is
-/// reported once per disappearance.
-async fn read_changed(w: &mut Watched, metrics: &ConfigMetrics) -> Option<Vec<u8>> {
-    match tokio::fs::read(&w.path).await {
+/// Largest file read: a rules or routes file is a few KiB; anything this large is a mistake
+/// (or an attack on memory) and is refused whole.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The file's bytes (`None` when the file is not watched).
+async fn read_file(w: Option<&Watched>) -> Option<std::io::Result<Vec<u8>>> {
+    let w = w?;
+    Some(
+        async {
+            let len = tokio::fs::metadata(&w.path).await?.len();
+            if len > MAX_FILE {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{len} bytes, more than {MAX_FILE}"),
+                ));
+            }
+            tokio::fs::read(&w.path).await
+        }
+        .await,
+    )
+}
+
+/// The bytes read, if they differ from the last ones seen. A file that cannot be read is
+/// reported once per disappearance; one that was never there (an optional ConfigMap not
+/// created yet) is said once and not counted as an error.
+fn take_changed(
+    w: &mut Watched,
+    read: Option<std::io::Result<Vec<u8>>>,
+    metrics: &ConfigMetrics,
+) -> Option<Vec<u8>> {
+    match read? {
         Ok(bytes) => {
             w.missing_logged = false;
             if w.last.as_deref() == Some(&bytes[..]) {
@@ -193,13 +249,17 @@ async fn read_changed(w: &mut Watched, metrics: &ConfigMetrics) -> Option<Vec<u8
                 w.missing_logged = true;
                 // A file that comes back with the same bytes is loaded again.
                 w.last = None;
-                let kept = if w.generation == 0 {
-                    "the defaults"
+                if w.generation == 0 && e.kind() == std::io::ErrorKind::NotFound {
+                    tracing::info!(file = %w.path.display(), "no {} yet; using the defaults until it appears", w.label);
                 } else {
-                    "the previous version"
-                };
-                tracing::warn!(file = %w.path.display(), error = %e, "cannot read {}; keeping {kept}", w.label);
-                metrics.reload_error(w.label);
+                    let kept = if w.generation == 0 {
+                        "the defaults"
+                    } else {
+                        "the previous version"
+                    };
+                    tracing::warn!(file = %w.path.display(), error = %e, "cannot read {}; keeping {kept}", w.label);
+                    metrics.reload_error(w.label);
+                }
             }
             None
         }
@@ -287,6 +347,13 @@ mod tests {
         assert_eq!(lines.len(), 1, "{text}");
         assert!(lines[0].ends_with(" 2"), "{text}");
 
+        // Too large: refused whole, counted, the rules in force stay.
+        std::fs::write(&rules, format!("# {}\n", "x".repeat(1 << 20))).unwrap();
+        r.poll().await;
+        assert_eq!(handle.load().rules.len(), 0);
+        assert!(scrape(&metrics)
+            .contains("tracemesh_config_reload_errors_total{file=\"sampling_rules\"} 2"));
+
         // A file that disappears: kept, counted once.
         std::fs::remove_file(&routes).unwrap();
         r.poll().await;
@@ -295,6 +362,34 @@ mod tests {
         assert!(
             scrape(&metrics).contains("tracemesh_config_reload_errors_total{file=\"routes\"} 1")
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_not_there_yet_is_no_error_and_is_loaded_when_it_appears() {
+        let dir =
+            std::env::temp_dir().join(format!("tracemesh-policy-late-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = dir.join("rules.yaml");
+        let metrics = Metrics::new(false);
+        let (mut r, handle) = Reloader::start(
+            Sources {
+                rules_file: Some(rules.clone()),
+                ..Sources::default()
+            },
+            metrics.config.clone(),
+        )
+        .await;
+        assert_eq!(handle.load().rules.len(), 2, "the probe defaults");
+        r.poll().await;
+        assert!(
+            !scrape(&metrics).contains("tracemesh_config_reload_errors_total{"),
+            "{}",
+            scrape(&metrics)
+        );
+        std::fs::write(&rules, "probe_defaults: false\n").unwrap();
+        r.poll().await;
+        assert_eq!(handle.load().rules.len(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -44,9 +44,6 @@ pub struct Sampler {
     parent_based: bool,
     /// What a new root gets when no rule matches.
     default: Action,
-    /// `ot=th:<T>` of the default ratio, built once: a sampled new root without incoming
-    /// `tracestate` propagates this value, with no allocation.
-    default_th: Option<HeaderValue>,
     trusted: Arc<[ipnet::IpNet]>,
 }
 
@@ -88,13 +85,15 @@ pub enum Reason {
 impl Sampler {
     pub fn new(config: SamplerConfig, trusted: Arc<[ipnet::IpNet]>) -> Self {
         let threshold = Threshold::from_probability(config.root_ratio.get());
+        // Warm the static `ot=th:<T>` of the default ratio, off the request path.
+        let _ = otstate::only_th(threshold);
+        let trusted = trusted.iter().map(|net| canonical_net(*net)).collect();
         Sampler {
             parent_based: config.parent_based,
             default: Action::Sample {
                 threshold,
                 limit: None,
             },
-            default_th: otstate::only_th(threshold),
             trusted,
         }
     }
@@ -146,12 +145,16 @@ impl Sampler {
             None => {
                 let trace_id = TraceId::random();
                 match extracted.sampled_hint {
-                    Some(hint) if self.parent_based && !forced => Decision {
-                        trace_id,
-                        flags: TraceFlags::new(hint, true),
-                        tracestate: None,
-                        reason: Reason::Hint,
-                    },
+                    // A bare B3 decision stands only where no rule speaks: a probe with
+                    // `b3: 1` is still a probe.
+                    Some(hint) if self.parent_based && !forced && rules.decide(req).is_none() => {
+                        Decision {
+                            trace_id,
+                            flags: TraceFlags::new(hint, true),
+                            tracestate: None,
+                            reason: Reason::Hint,
+                        }
+                    }
                     _ => self.root(trace_id, true, None, forced, req, rules),
                 }
             }
@@ -172,8 +175,8 @@ impl Sampler {
             trace_id,
             flags: TraceFlags::new(sampled, random),
             tracestate: match (incoming, th) {
-                // The common case, a sampled new root: a value built once.
-                (None, Some(t)) if self.default_matches(t) => self.default_th.clone(),
+                // A sampled new root: a static value, built once per threshold.
+                (None, Some(t)) => otstate::only_th(t),
                 _ => otstate::with_th(incoming, th),
             },
             reason,
@@ -200,10 +203,6 @@ impl Sampler {
         }
     }
 
-    fn default_matches(&self, t: Threshold) -> bool {
-        matches!(self.default, Action::Sample { threshold, .. } if threshold == t)
-    }
-
     /// Whether the request carries the force-trace header from a trusted source.
     fn forced(&self, req: &RequestFacts<'_>, client: IpAddr) -> bool {
         if self.trusted.is_empty() {
@@ -217,6 +216,18 @@ impl Sampler {
             let client = canonical(client);
             self.trusted.iter().any(|net| net.contains(&client))
         }
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 network it is, so that it
+/// matches the canonical client addresses.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 

@@ -325,6 +325,8 @@ class Defaults(unittest.TestCase):
         )
         self.assertEqual(data["TRACEMESH_INJECT_PROPAGATORS"], "tracecontext")
         self.assertEqual(data["TRACEMESH_INJECT_SAMPLE_RATIO"], "1")
+        # No namespaces for the sampling config: nothing is mounted unless a pod asks.
+        self.assertEqual(data["TRACEMESH_INJECT_CONFIG_MAP"], "")
         self.assertEqual(data["TRACEMESH_INJECT_PROMETHEUS_ANNOTATIONS"], "true")
         self.assertEqual(data["TRACEMESH_INJECT_IMAGE"], "ghcr.io/tracemesh/tracemesh:0.1.0")
         json.loads(data["TRACEMESH_INJECT_PROXY_RESOURCES"])

@@ -331,6 +331,7 @@ fn invalid_annotations_are_rejected_without_mutation() {
         (ANNOTATION_CONFIG, "Tracemesh_Config"),
         (ANNOTATION_CONFIG, "-bad"),
         (ANNOTATION_TRUSTED_CIDRS, "10.0.0.0/40"),
+        (ANNOTATION_TRUSTED_CIDRS, "10.0.0.0/+8"),
     ] {
         let (mut meta, mut spec) = pod(&[(key, value)]);
         let (meta0, spec0) = (meta.clone(), spec.clone());
@@ -413,6 +414,38 @@ fn config_annotation_mounts_the_configmap_and_points_the_proxy_at_its_files() {
             .name,
         "team-config"
     );
+}
+
+#[test]
+fn a_pod_volume_named_like_ours_is_an_error_not_a_duplicate() {
+    let (mut meta, mut spec) = pod(&[(ANNOTATION_CONFIG, "web-config")]);
+    spec.volumes = Some(vec![Volume {
+        name: CONFIG_VOLUME.to_owned(),
+        ..Default::default()
+    }]);
+    let before = spec.clone();
+    let err = inject_pod_spec(
+        &mut meta,
+        &mut spec,
+        &BTreeMap::new(),
+        None,
+        &InjectConfig::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains(CONFIG_VOLUME), "{err}");
+    assert_eq!(spec, before);
+    // Without a config to mount, the pod's own volume of that name is no concern.
+    let (mut meta, mut spec) = pod(&[]);
+    spec.volumes = before.volumes.clone();
+    inject_pod_spec(
+        &mut meta,
+        &mut spec,
+        &BTreeMap::new(),
+        None,
+        &InjectConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
 }
 
 #[test]

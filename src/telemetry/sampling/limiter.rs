@@ -44,7 +44,7 @@ impl RateLimiter {
             }
             match self.tat.compare_exchange_weak(
                 tat,
-                start + self.interval,
+                start.saturating_add(self.interval),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {

@@ -13,8 +13,9 @@ use crate::context::w3c::{split_member, tracestate_members};
 
 /// The `ot` member's key.
 const OT: &[u8] = b"ot";
-/// Longest `ot` member value the specification allows (the whole `ot` entry: 256).
-const MAX_OT_VALUE: usize = 256 - 3;
+/// Longest `ot` member value (`tracestate-handling.md`: the OpenTelemetry entry's list of
+/// key-values may not exceed 256 characters).
+const MAX_OT_VALUE: usize = 256;
 
 /// What the sampler reads from an incoming `tracestate`. Invalid values count as absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,9 +91,14 @@ pub fn with_th(tracestate: Option<&HeaderValue>, th: Option<Threshold>) -> Optio
         ot.extend_from_slice(value);
     }
     if ot.len() > MAX_OT_VALUE {
-        // The other sub-keys do not fit with ours: keep the incoming state untouched rather
-        // than truncate someone's value (tracestate-handling.md: abort the operation).
-        return tracestate.cloned();
+        // The other sub-keys do not fit with our `th`: setting it is abandoned
+        // (tracestate-handling.md), and erasing any old one always fits (it only shortens),
+        // so no stale threshold travels on.
+        return if th.is_some() {
+            with_th(tracestate, None)
+        } else {
+            tracestate.cloned()
+        };
     }
 
     let mut out = Vec::with_capacity(incoming.len() + 16);
@@ -130,12 +136,37 @@ fn first_is_ot(tracestate: &[u8]) -> bool {
         .is_some_and(|(k, _)| k == OT)
 }
 
-/// `ot=th:<T>` alone: what a sampled new root propagates. Built once per threshold.
+/// `ot=th:<T>` alone: what a sampled new root propagates. A static value per threshold (the
+/// text is leaked once, like a route template), so a clone moves no reference count: the
+/// common case of a new root costs no allocation and no shared atomic.
 pub fn only_th(th: Threshold) -> Option<HeaderValue> {
+    use std::{
+        collections::HashMap,
+        sync::{Mutex, OnceLock},
+    };
+    thread_local! {
+        static LOCAL: std::cell::RefCell<Vec<(Threshold, HeaderValue)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    static TEXTS: OnceLock<Mutex<HashMap<Threshold, &'static str>>> = OnceLock::new();
     let value = th.th()?;
-    let mut out = b"ot=th:".to_vec();
-    out.extend_from_slice(value.as_bytes());
-    Some(HeaderValue::from_bytes(&out).expect("hex digits are valid header bytes"))
+    if let Some(v) = LOCAL.with_borrow(|l| l.iter().find(|(t, _)| *t == th).map(|(_, v)| v.clone()))
+    {
+        return Some(v);
+    }
+    let text: &'static str = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(th)
+        .or_insert_with(|| Box::leak(format!("ot=th:{}", value.as_str()).into_boxed_str()));
+    let v = HeaderValue::from_static(text);
+    LOCAL.with_borrow_mut(|l| {
+        if l.len() < 16 {
+            l.push((th, v.clone()));
+        }
+    });
+    Some(v)
 }
 
 #[cfg(test)]
@@ -217,6 +248,25 @@ mod tests {
                 "{incoming}"
             );
         }
+    }
+
+    #[test]
+    fn a_th_that_no_longer_fits_is_erased_rather_than_left_stale() {
+        let long = format!("x:{}", "a".repeat(250));
+        let incoming = format!("ot=th:8;{long},rojo=1");
+        assert_eq!(
+            set(Some(&incoming), Some(0.1)).as_deref(),
+            Some(format!("ot={long},rojo=1").as_str())
+        );
+    }
+
+    #[test]
+    fn only_th_is_one_static_value_per_threshold() {
+        let t = Threshold::from_probability(0.3);
+        let a = only_th(t).unwrap();
+        let b = only_th(t).unwrap();
+        assert_eq!(a, "ot=th:b333");
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
     }
 
     #[test]

@@ -281,10 +281,15 @@ fn build(spec: RuleSpec, name: &str) -> Result<Rule, String> {
                 return Err(format!("ratio {ratio} is not in [0, 1]"));
             }
             let limit = match limit {
-                Some(rate) if rate.is_finite() && rate > 0.0 => {
+                // Below one per 1,000 s a "rate" is a misconfiguration, not a limit.
+                Some(rate) if rate.is_finite() && rate >= 0.001 => {
                     Some(Arc::new(RateLimiter::per_second(rate)))
                 }
-                Some(rate) => return Err(format!("rate_limit {rate} is not a positive number")),
+                Some(rate) => {
+                    return Err(format!(
+                        "rate_limit {rate} is not a positive number of at least 0.001"
+                    ))
+                }
                 None => None,
             };
             Action::Sample {

@@ -334,13 +334,45 @@ async fn a_rate_limit_bounds_new_sampled_roots_per_second() {
 }
 
 #[test]
-fn the_default_ratio_writes_th_on_a_new_root_with_no_allocation_of_its_own() {
-    let d = decide(&sampler(true, 1.0), &HeaderMap::new());
-    assert_eq!(ts(&d), Some("ot=th:0"));
+fn a_new_root_s_th_is_one_static_value_shared_by_every_decision() {
+    let s = sampler(true, 1.0);
+    let a = decide(&s, &HeaderMap::new());
+    let b = decide(&s, &HeaderMap::new());
+    assert_eq!(ts(&a), Some("ot=th:0"));
+    let ptr = |d: &Decision| d.tracestate.as_ref().unwrap().as_bytes().as_ptr();
+    assert_eq!(ptr(&a), ptr(&b), "the same bytes, not a copy per request");
     let s = sampler(true, 0.5);
     let kept = (0..100)
         .map(|_| decide(&s, &HeaderMap::new()))
         .find(Decision::sampled)
         .unwrap();
     assert_eq!(ts(&kept), Some("ot=th:8"));
+}
+
+#[test]
+fn a_bare_b3_decision_does_not_override_the_probe_rules() {
+    let s = sampler(true, 1.0);
+    let rules = Rules::defaults();
+    let b3 = headers(&[("b3", "1")]);
+    assert!(!decide_with(&s, &b3, "/healthz", &rules, OUTSIDE).sampled());
+    let d = decide_with(&s, &b3, "/work", &rules, OUTSIDE);
+    assert!(d.sampled());
+    assert_eq!(d.reason, Reason::Hint);
+}
+
+#[test]
+fn mapped_trusted_networks_match_ipv4_clients() {
+    let s = Sampler::new(
+        SamplerConfig::default(),
+        Arc::from(vec!["::ffff:10.1.0.0/112".parse().unwrap()]),
+    );
+    let force = headers(&[("x-tracemesh-force-trace", "1")]);
+    let d = decide_with(
+        &s,
+        &force,
+        "/",
+        &Rules::default(),
+        "10.1.2.3".parse().unwrap(),
+    );
+    assert_eq!(d.reason, Reason::Forced);
 }

@@ -44,12 +44,12 @@ impl Threshold {
         let precision = (PRECISION + (-exp).div_euclid(4)).clamp(1, 12);
         // 1 + rejection probability, in [1, 2), plus half of the last kept digit to round.
         let rejection = 2.0 - probability + 0.5 * (2f64).powi(-4 * precision);
+        let kept_bits = 4 * precision as u32;
         if rejection >= 2.0 {
-            // Thirteen `f`s: as close to never as the encoding goes.
-            return Threshold(((1u64 << 52) - 1) << 4);
+            // As close to never as `precision` digits go: all `f`s.
+            return Threshold(((1u64 << kept_bits) - 1) << (56 - kept_bits));
         }
         let fraction = rejection.to_bits() & ((1u64 << 52) - 1);
-        let kept_bits = 4 * precision as u32;
         let digits = fraction >> (52 - kept_bits);
         Threshold(digits << (56 - kept_bits))
     }
