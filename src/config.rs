@@ -32,6 +32,11 @@ pub const ENV_ROUTES: &str = "TRACEMESH_ROUTES";
 pub const ENV_ROUTES_FILE: &str = "TRACEMESH_ROUTES_FILE";
 pub const ENV_SAMPLING_RULES: &str = "TRACEMESH_SAMPLING_RULES";
 pub const ENV_TRUSTED_CIDRS: &str = "TRACEMESH_TRUSTED_CIDRS";
+pub const ENV_RETENTION: &str = "TRACEMESH_RETENTION";
+pub const ENV_RETENTION_RING_SPANS: &str = "TRACEMESH_RETENTION_RING_SPANS";
+pub const ENV_SLOW_THRESHOLD: &str = "TRACEMESH_SLOW_THRESHOLD";
+pub const ENV_SLOW_FLOOR: &str = "TRACEMESH_SLOW_FLOOR";
+pub const ENV_RESPONSE_CONTEXT: &str = "TRACEMESH_RESPONSE_CONTEXT";
 pub const ENV_DISABLE_RED_METRICS: &str = "TRACEMESH_DISABLE_RED_METRICS";
 
 pub const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
@@ -177,6 +182,23 @@ pub struct ProxyArgs {
     /// a request to be sampled. Empty (the default): the header is ignored from everyone.
     #[arg(long, env = ENV_TRUSTED_CIDRS, value_delimiter = ',', value_parser = parse_trusted)]
     pub trusted_cidrs: Vec<ipnet::IpNet>,
+    /// Deferred sampling: record every request's span, and keep (export) those that failed, were
+    /// slow, or whose trace a downstream hop kept, as well as the head-sampled ones.
+    #[arg(long, env = ENV_RETENTION, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub retention: bool,
+    /// Unkept span records held for a later keep decision (about 300 bytes each).
+    #[arg(long, env = ENV_RETENTION_RING_SPANS, default_value_t = crate::telemetry::retention::DEFAULT_RING_SPANS)]
+    pub retention_ring_spans: usize,
+    /// A span longer than this is kept as slow, whatever its route (default: learned per route).
+    #[arg(long, env = ENV_SLOW_THRESHOLD, value_parser = parse_timeout)]
+    pub slow_threshold: Option<Duration>,
+    /// Nothing shorter is slow by a route's learned threshold (its running p99).
+    #[arg(long, env = ENV_SLOW_FLOOR, default_value = "100ms", value_parser = parse_duration)]
+    pub slow_floor: Duration,
+    /// Answer kept inbound requests with `traceresponse` and `server-timing: trace;desc=…`;
+    /// `off` at the mesh's edge also strips them from the app's responses.
+    #[arg(long, env = ENV_RESPONSE_CONTEXT, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub response_context: bool,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
@@ -190,6 +212,15 @@ pub struct ProxyArgs {
 fn parse_route(s: &str) -> Result<String, String> {
     routes::Routes::parse([s]).map_err(|e| e.to_string())?;
     Ok(s.trim().to_owned())
+}
+
+/// `on` / `off` (also `true` / `false`).
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("{other:?}: expected on or off")),
+    }
 }
 
 /// An IP (a /32 or /128) or a CIDR.
@@ -260,6 +291,16 @@ impl ProxyArgs {
     pub fn routes(&self) -> routes::Routes {
         routes::Routes::parse(self.routes.iter().map(String::as_str))
             .expect("each template was validated when parsed")
+    }
+
+    pub fn retention(&self) -> crate::telemetry::retention::RetentionConfig {
+        crate::telemetry::retention::RetentionConfig {
+            enabled: self.retention,
+            ring_spans: self.retention_ring_spans,
+            slow_threshold: self.slow_threshold,
+            slow_floor: self.slow_floor,
+            response_context: self.response_context,
+        }
     }
 
     pub fn limits(&self) -> Limits {

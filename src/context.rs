@@ -269,8 +269,9 @@ thread_local! {
         std::cell::RefCell::new(bytes::BytesMut::new());
 }
 
-/// A header value made of hex digits and `-`, which are always valid in a header.
-fn ascii_value(bytes: &[u8]) -> HeaderValue {
+/// A header value of visible ASCII the caller builds (hex digits, `-`, `;`, `=`), cut from the
+/// per-thread arena. Also used for the response context (`telemetry::retention`).
+pub(crate) fn ascii_value(bytes: &[u8]) -> HeaderValue {
     let shared = ARENA.with_borrow_mut(|arena| {
         if arena.capacity() < bytes.len() {
             *arena = bytes::BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
@@ -278,7 +279,7 @@ fn ascii_value(bytes: &[u8]) -> HeaderValue {
         arena.extend_from_slice(bytes);
         arena.split().freeze()
     });
-    HeaderValue::from_maybe_shared(shared).expect("hex digits and '-' are valid header value bytes")
+    HeaderValue::from_maybe_shared(shared).expect("visible ASCII is a valid header value")
 }
 
 #[cfg(test)]

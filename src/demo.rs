@@ -136,6 +136,7 @@ impl Service {
             shutdown_grace: Duration::from_secs(2),
             policy: Default::default(),
             trusted_cidrs: Vec::new(),
+            retention: Default::default(),
             red_metrics: true,
             opaque_ports: Vec::new(),
             // Nothing routes to the demo's proxies through a load balancer: stop at once.

@@ -219,6 +219,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
                 static_routes: args.routes(),
             },
             trusted_cidrs: args.trusted_cidrs.clone(),
+            retention: args.retention(),
             red_metrics: !args.disable_red_metrics,
             opaque_ports: args.opaque_ports.clone(),
             drain_delay: args.drain_delay,

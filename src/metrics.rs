@@ -95,6 +95,20 @@ struct ConfigLoadedLabels {
     sha256: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Deferred sampling's metrics (see `telemetry::retention`): spans kept per reason, in the
+/// order of `KeepReason::ALL` (head, error, slow, downstream), and records overwritten in the
+/// ring before any decision kept them.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionMetrics {
+    pub kept: [Counter; 4],
+    pub overwritten: Counter,
+}
+
 /// The reloadable configuration's metrics (see `telemetry::policy`).
 #[derive(Debug, Clone, Default)]
 pub struct ConfigMetrics {
@@ -139,6 +153,7 @@ pub struct Metrics {
     pub outbound: ConnectionMetrics,
     pub export: ExportMetrics,
     pub config: ConfigMetrics,
+    pub retention: RetentionMetrics,
     invalid_headers: Family<InvalidHeaderLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
 }
@@ -228,6 +243,26 @@ impl Metrics {
             config.generation.clone(),
         );
 
+        let kept = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tracemesh_spans_kept",
+            "Spans exported, by why they were kept: head (sampled at the head), error, slow, \
+             downstream (a later hop kept the trace)",
+            kept.clone(),
+        );
+        let overwritten = Counter::default();
+        registry.register(
+            "tracemesh_retention_overwritten",
+            "Unsampled span records overwritten in the retention ring before a keep decision \
+             could take them",
+            overwritten.clone(),
+        );
+        let retention = RetentionMetrics {
+            kept: ["head", "error", "slow", "downstream"]
+                .map(|reason| kept.get_or_create_owned(&ReasonLabels { reason })),
+            overwritten,
+        };
+
         let conn = |dir| {
             let l = DirectionLabels { direction: dir };
             ConnectionMetrics {
@@ -243,6 +278,7 @@ impl Metrics {
             outbound: conn(Direction::Outbound),
             export,
             config,
+            retention,
             invalid_headers,
             refused,
             registry: Arc::new(registry),

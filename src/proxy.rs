@@ -70,6 +70,8 @@ pub struct ProxyConfig {
     pub policy: crate::telemetry::policy::Sources,
     /// Sources whose force-trace header is honoured.
     pub trusted_cidrs: Vec<ipnet::IpNet>,
+    /// Deferred sampling: keep errors, slow and downstream-kept traces.
+    pub retention: crate::telemetry::retention::RetentionConfig,
     pub red_metrics: bool,
     /// Destination ports relayed as opaque TCP without detection (server-first protocols).
     pub opaque_ports: Vec<u16>,
@@ -517,6 +519,7 @@ pub async fn start(
         config.propagators,
         policy,
         config.trusted_cidrs.clone().into(),
+        crate::telemetry::retention::Retention::new(config.retention, config.workers),
         metrics.clone(),
         exporter,
     );

@@ -13,6 +13,7 @@
 pub mod encode;
 pub mod export;
 pub mod policy;
+pub mod retention;
 pub mod sampling;
 pub mod semconv;
 pub mod spans;
@@ -65,6 +66,9 @@ pub struct SpanRecord {
     pub grpc_status: Option<i32>,
     pub grpc_message: Option<HeaderValue>,
     pub outcome: Outcome,
+    /// Why the span is exported (`tracemesh.sampling.reason`); `None` while undecided, and for
+    /// proxies without retention.
+    pub reason: Option<retention::KeepReason>,
 }
 
 /// Why the proxy answered a request itself, as spans and metrics see it. The proxy's rescue
@@ -105,6 +109,8 @@ struct TelemetryInner {
     policy: PolicyHandle,
     queue: Option<SpanQueue>,
     metrics: Metrics,
+    /// Deferred sampling; `None` when off or when spans go nowhere.
+    retention: Option<retention::Retention>,
 }
 
 /// The sending end of the export queue. The export task is woken when a batch's worth is
@@ -125,14 +131,49 @@ impl Telemetry {
         policy: PolicyHandle,
         queue: Option<SpanQueue>,
         metrics: Metrics,
+        retention: Option<retention::Retention>,
     ) -> Self {
+        let retention = retention.filter(|r| r.config.enabled && queue.is_some());
         Telemetry(Arc::new(TelemetryInner {
             sampler,
             propagators,
             policy,
             queue,
             metrics,
+            retention,
         }))
+    }
+
+    /// Deferred sampling, when on.
+    pub fn retention(&self) -> Option<&retention::Retention> {
+        self.0.retention.as_ref()
+    }
+
+    /// Exports `record` as kept for `reason`: its context says sampled, and a span kept for any
+    /// reason but the head loses the `ot` threshold (its adjusted count is not that of a
+    /// probability sample).
+    pub fn keep(&self, mut record: SpanRecord, reason: retention::KeepReason) {
+        record.reason = Some(reason);
+        record.context.flags =
+            crate::context::TraceFlags::new(true, record.context.flags.is_random());
+        if reason != retention::KeepReason::Head && record.tracestate.is_some() {
+            record.tracestate = sampling::otstate::with_th(record.tracestate.as_ref(), None);
+        }
+        let i = retention::KeepReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.0.metrics.retention.kept[i].inc();
+        self.submit(record);
+    }
+
+    /// Parks a record that was not kept in the retention ring.
+    pub fn park(&self, record: SpanRecord) {
+        if let Some(r) = &self.0.retention {
+            if r.park(record) {
+                self.0.metrics.retention.overwritten.inc();
+            }
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -205,6 +246,7 @@ pub fn start(
     propagators: Propagators,
     policy: PolicyHandle,
     trusted: Arc<[ipnet::IpNet]>,
+    retention: retention::Retention,
     metrics: Metrics,
     exporter: Option<Exporter>,
 ) -> (Telemetry, ExportHandle) {
@@ -223,6 +265,7 @@ pub fn start(
         policy,
         queue,
         metrics,
+        Some(retention),
     );
     let handle = ExportHandle {
         task,

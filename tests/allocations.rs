@@ -191,6 +191,7 @@ fn a_traced_http1_request_allocates_at_most_a_bounded_number_of_times() {
             ..Default::default()
         },
         trusted_cidrs: Vec::new(),
+        retention: Default::default(),
         red_metrics: true,
         opaque_ports: Vec::new(),
         drain_delay: Duration::ZERO,

@@ -83,6 +83,8 @@ impl Workers {
             let thread = thread::Builder::new()
                 .name(format!("tracemesh-worker-{n}"))
                 .spawn(move || {
+                    // This worker's own shard of the retention ring: its lock is uncontended.
+                    crate::telemetry::retention::ring::set_thread_shard(n);
                     runtime.block_on(async move {
                         let listen = |l| TcpListener::from_std(l).expect("a listening socket");
                         let (inbound, outbound) = (listen(inbound), listen(outbound));

@@ -44,6 +44,28 @@ fn grpc_server_fault(code: i32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
+/// Whether the span failed, as deferred sampling keeps errors: a SERVER span that answered 5xx
+/// or a gRPC server fault, or that the proxy answered itself for a reason not the client's; a
+/// CLIENT span whose call failed, was cut off, got 5xx or any gRPC status but OK. The same
+/// judgement as [`status`], without allocating (and a CLIENT 4xx is the callee's answer, not a
+/// failed call, so it alone does not keep a trace).
+pub fn failed(r: &SpanRecord) -> bool {
+    match &r.outcome {
+        Outcome::Failed(e) => !(e.client_fault && r.kind == Direction::Inbound),
+        Outcome::BodyError => true,
+        Outcome::Cancelled => r.kind == Direction::Outbound,
+        Outcome::Complete => {
+            if let (true, Some(code)) = (r.grpc, r.grpc_status) {
+                return match r.kind {
+                    Direction::Inbound => grpc_server_fault(code),
+                    Direction::Outbound => code != 0,
+                };
+            }
+            r.status.is_some_and(|s| s.is_server_error())
+        }
+    }
+}
+
 /// The record's status. Allocates only for spans with an error type (the error path).
 pub fn status(r: &SpanRecord) -> SpanStatus {
     let with = |error: Option<String>, error_type: &str| SpanStatus {
@@ -190,6 +212,9 @@ pub fn attributes(
     if let Some(t) = &status.error_type {
         out.str("error.type", t);
     }
+    if let Some(reason) = r.reason {
+        out.str("tracemesh.sampling.reason", reason.as_str());
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +262,7 @@ pub(crate) mod tests {
             grpc_status,
             grpc_message: Some(http::HeaderValue::from_static("asked%20to%20fail")),
             outcome,
+            reason: None,
         }
     }
 

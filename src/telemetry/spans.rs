@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
@@ -22,9 +22,13 @@ use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{sampling::rules::RequestFacts, Failure, Outcome, SpanRecord, Telemetry};
+use super::{
+    retention::{self, KeepReason, Retention},
+    sampling::{rules::RequestFacts, FORCE_TRACE},
+    semconv, Failure, Outcome, SpanRecord, Telemetry,
+};
 use crate::{
-    context::{self, SpanContext, SpanId},
+    context::{self, SpanContext, SpanId, TraceId},
     metrics::{
         red::{method_label, GrpcLabels, GrpcMethod, RedLabels, TraceExemplar},
         Direction,
@@ -120,6 +124,11 @@ where
             layer.client.ip(),
         );
         drop(policy);
+        // Ours, and decided: it goes no further, so an app that copies headers onto its own
+        // calls cannot carry a force-trace from an untrusted caller to a trusted listener.
+        if req.headers().contains_key(&FORCE_TRACE) {
+            req.headers_mut().remove(&FORCE_TRACE);
+        }
         let sampled = decision.sampled();
         let ctx = SpanContext {
             trace_id: decision.trace_id,
@@ -127,8 +136,13 @@ where
             flags: decision.flags,
         };
         let parent = extracted.parent.map(|p| p.span_id);
-        // What travels on is what the span is exported with.
-        let tracestate = decision.tracestate;
+        // What travels on is what the span is exported with (nothing, when `tracecontext` is
+        // not propagated).
+        let tracestate = decision.tracestate.filter(|_| {
+            telemetry
+                .propagators()
+                .contains(context::Format::TraceContext)
+        });
         context::inject(
             req.headers_mut(),
             &ctx,
@@ -138,7 +152,10 @@ where
 
         // gRPC runs over HTTP/2 only; an HTTP/1 request with a gRPC content type is plain HTTP.
         let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
-        let record = (sampled && telemetry.records()).then(|| {
+        // With deferred sampling every request is recorded: the decision to keep it can come
+        // at its end, or later from a downstream hop.
+        let retained = telemetry.retention().is_some();
+        let record = ((sampled || retained) && telemetry.records()).then(|| {
             let headers = req.headers();
             SpanRecord {
                 kind: layer.kind,
@@ -162,6 +179,7 @@ where
                 grpc_status: None,
                 grpc_message: None,
                 outcome: Outcome::Complete,
+                reason: None,
             }
         });
         // RED counts every request, sampled or not; only sampled ones carry an exemplar.
@@ -190,12 +208,27 @@ where
                 span_id: ctx.span_id,
             }),
             record,
+            sampled,
+            keep: None,
         });
 
         ResponseFuture {
             inner: self.inner.call(req),
             span: pending,
         }
+    }
+}
+
+/// Marks `trace` kept in this sidecar and exports the spans of it that ended unkept before
+/// (siblings of the span that decided), with the same reason.
+fn keep_trace(telemetry: &Telemetry, retention: &Retention, trace: TraceId, reason: KeepReason) {
+    if retention.is_kept(trace) {
+        return; // already kept here: its parked spans went then
+    }
+    let mut siblings = Vec::new();
+    retention.keep_trace(trace, &mut siblings);
+    for record in siblings {
+        telemetry.keep(record, reason);
     }
 }
 
@@ -220,10 +253,14 @@ struct Pending {
     grpc_path: Option<http::Uri>,
     exemplar: Option<TraceExemplar>,
     record: Option<SpanRecord>,
+    /// Head-sampled.
+    sampled: bool,
+    /// Kept, and why, once decided (at the response head or at the end).
+    keep: Option<KeepReason>,
 }
 
 impl Pending {
-    fn response<B>(&mut self, rsp: &Response<B>) {
+    fn response<B>(&mut self, rsp: &mut Response<B>) {
         let failed = rsp.extensions().get::<Failure>();
         if let Some(red) = self.red.as_mut() {
             red.status_code = rsp.status().as_u16();
@@ -237,6 +274,47 @@ impl Pending {
         }
         // Trailers-only gRPC responses carry the status in the headers.
         self.observe_trailers(rsp.headers());
+        self.decide_at_head(rsp.headers_mut());
+    }
+
+    /// Deferred sampling at the response head: keep now if the span is head-sampled, failed,
+    /// is already slow, or a downstream hop kept its trace; a kept SERVER span answers with the
+    /// response context so the caller's sidecar keeps its CLIENT span too.
+    fn decide_at_head(&mut self, headers: &mut HeaderMap) {
+        let telemetry = self.telemetry.clone();
+        let Some(retention) = telemetry.retention() else {
+            return;
+        };
+        let Some(r) = self.record.as_ref() else {
+            return;
+        };
+        let (trace, span, kind) = (r.context.trace_id, r.context.span_id, r.kind);
+        let reason = if self.sampled {
+            Some(KeepReason::Head)
+        } else if semconv::failed(r) {
+            Some(KeepReason::Error)
+        } else if is_slow(retention, r, self.start.elapsed()) {
+            Some(KeepReason::Slow)
+        } else {
+            let downstream = match kind {
+                Direction::Outbound => retention::downstream_kept(headers, trace),
+                Direction::Inbound => retention.is_kept(trace),
+            };
+            downstream.then_some(KeepReason::Downstream)
+        };
+        if let Some(reason) = reason {
+            self.keep = Some(reason);
+            if reason != KeepReason::Head {
+                keep_trace(&telemetry, retention, trace, reason);
+            }
+        }
+        if kind == Direction::Inbound {
+            if !retention.config.response_context {
+                retention::strip_response_context(headers);
+            } else if self.keep.is_some() {
+                retention::write_response_context(headers, trace, span);
+            }
+        }
     }
 
     fn observe_trailers(&mut self, trailers: &HeaderMap) {
@@ -254,10 +332,46 @@ impl Pending {
 
     fn finish(self, outcome: Option<Outcome>) {
         let duration = self.start.elapsed();
+        let mut record = self.record.map(|mut r| {
+            r.duration = duration;
+            if let Some(outcome) = &outcome {
+                r.outcome = outcome.clone();
+            }
+            r
+        });
+        // Deferred sampling decides before RED is observed, so a span kept at its end (an error
+        // in the body, slow, a downstream keep) is an exemplar too: a metric leads to it.
+        let retention = self.telemetry.retention();
+        let reason = match (retention, record.as_ref()) {
+            (Some(retention), Some(r)) => {
+                retention.learner().observe(r.kind, r.route, duration);
+                let head = self.sampled.then_some(KeepReason::Head);
+                self.keep.or(head).or_else(|| {
+                    let trace = r.context.trace_id;
+                    let late = if semconv::failed(r) {
+                        Some(KeepReason::Error)
+                    } else if is_slow(retention, r, duration) {
+                        Some(KeepReason::Slow)
+                    } else {
+                        retention.is_kept(trace).then_some(KeepReason::Downstream)
+                    };
+                    if let Some(reason) = late {
+                        keep_trace(&self.telemetry, retention, trace, reason);
+                    }
+                    late
+                })
+            }
+            _ => None,
+        };
+        let exemplar = match (&record, reason) {
+            (Some(r), Some(_)) => Some(TraceExemplar {
+                trace_id: r.context.trace_id,
+                span_id: r.context.span_id,
+            }),
+            _ => self.exemplar,
+        };
         // The exemplar's timestamp is the span's end, from the record: no second clock read.
-        let exemplar = self
-            .exemplar
-            .zip(self.record.as_ref().map(|r| r.start + duration));
+        let exemplar = exemplar.zip(record.as_ref().map(|r| r.start + duration));
         if let Some(mut red) = self.red {
             match &outcome {
                 Some(Outcome::Cancelled) => red.error_type = Some("cancelled"),
@@ -277,13 +391,24 @@ impl Pending {
                 metrics.observe(&red, duration, exemplar);
             }
         }
-        if let Some(mut record) = self.record {
-            record.duration = duration;
-            if let Some(outcome) = outcome {
-                record.outcome = outcome;
-            }
-            self.telemetry.submit(record);
+        let Some(record) = record.take() else {
+            return;
+        };
+        match (retention, reason) {
+            // Without deferred sampling only head-sampled spans are recorded.
+            (None, _) => self.telemetry.submit(record),
+            (Some(_), Some(reason)) => self.telemetry.keep(record, reason),
+            (Some(_), None) => self.telemetry.park(record),
         }
+    }
+}
+
+/// Whether a span of `duration` is slow: over the configured threshold, or over its route's
+/// learned one.
+fn is_slow(retention: &Retention, r: &SpanRecord, duration: Duration) -> bool {
+    match retention.config.slow_threshold {
+        Some(t) if duration > t => true,
+        _ => retention.learner().is_slow(r.kind, r.route, duration),
     }
 }
 
@@ -318,9 +443,9 @@ where
         let res = ready!(this.inner.poll(cx));
         let mut span = this.span.take();
         Poll::Ready(match res {
-            Ok(rsp) => {
+            Ok(mut rsp) => {
                 if let Some(p) = span.as_mut() {
-                    p.response(&rsp);
+                    p.response(&mut rsp);
                 }
                 let (parts, body) = rsp.into_parts();
                 let body = ResponseBody { inner: body, span };

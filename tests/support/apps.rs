@@ -43,6 +43,14 @@ pub enum Behaviour {
     /// Calls `next` through `via_proxy` as an HTTP proxy (absolute-form, HTTP/1.1), copying
     /// [`FORWARDED_HEADERS`] and `x-b3-*`; answers with the next hop's status and body.
     Forward { next: String, via_proxy: SocketAddr },
+    /// Calls each of `calls` in turn through `via_proxy` (copying the trace headers as
+    /// [`Behaviour::Forward`] does), whatever they answer, then 200 with their statuses as the
+    /// body (`200,500`): an app that handles its dependencies' failures. No response header of
+    /// theirs is copied.
+    CallAll {
+        calls: Vec<String>,
+        via_proxy: SocketAddr,
+    },
     /// 200 headers at once, then `chunks` chunks of `chunk N\n`, one every `every`.
     SlowBody { chunks: usize, every: Duration },
     /// Requests whose path starts with [`HELD_PREFIX`] wait until `gate` opens; then every
@@ -120,6 +128,7 @@ impl Behaviour {
             Self::Stream { .. } => "stream",
             Self::UploadDigest => "upload-digest",
             Self::Forward { .. } => "forward",
+            Self::CallAll { .. } => "call-all",
             Self::SlowBody { .. } => "slow-body",
             Self::Gated { .. } => "gated",
             Self::Hang => "hang",
@@ -247,6 +256,14 @@ async fn respond(
             Err(e) => with_status(StatusCode::BAD_REQUEST, full(e)),
         },
         Behaviour::Forward { next, via_proxy } => forward(&request, &next, via_proxy).await,
+        Behaviour::CallAll { calls, via_proxy } => {
+            let mut statuses = Vec::new();
+            for next in &calls {
+                let rsp = forward(&request, next, via_proxy).await;
+                statuses.push(rsp.status().as_u16().to_string());
+            }
+            Response::new(full(statuses.join(",")))
+        }
         Behaviour::SlowBody { chunks, every } => Response::new(slow_body(chunks, every)),
         Behaviour::Gated { gate, delay, body } => {
             if request.uri.path().starts_with(HELD_PREFIX) {

@@ -1,0 +1,87 @@
+//! The bounded ring of span records that were not (yet) kept: every request's record lands here
+//! when its span ends unsampled, and a later keep decision for its trace takes it out again.
+//!
+//! The ring is sharded, a shard per worker thread (the worker's index, set when its thread
+//! starts; other threads use shard 0), so the lock taken per request is uncontended; a keep
+//! decision scans every shard for its trace. Slots
+//! are allocated as they are first used, up to the capacity, and then reused: no allocation per
+//! request once the ring is full, and memory bounded by the capacity.
+
+use std::{cell::Cell, sync::Mutex};
+
+use super::super::SpanRecord;
+use crate::context::TraceId;
+
+/// One shard: a circular buffer of records.
+#[derive(Debug, Default)]
+struct Shard {
+    slots: Vec<Option<SpanRecord>>,
+    next: usize,
+}
+
+/// A ring of at most `capacity` records, in `shards` shards.
+#[derive(Debug)]
+pub struct Ring {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread push into shard `index` (modulo the shard count): called by each worker
+/// thread as it starts.
+pub fn set_thread_shard(index: usize) {
+    SHARD.with(|s| s.set(index));
+}
+
+impl Ring {
+    pub fn new(capacity: usize, shards: usize) -> Self {
+        let shards = shards.max(1);
+        Ring {
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard: capacity.div_ceil(shards).max(1),
+        }
+    }
+
+    /// Stores `record`; returns the record it overwrote, which was never kept.
+    pub fn push(&self, record: SpanRecord) -> Option<SpanRecord> {
+        let i = SHARD.with(Cell::get) % self.shards.len();
+        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        if shard.slots.len() < self.per_shard {
+            shard.slots.push(Some(record));
+            return None;
+        }
+        let at = shard.next;
+        shard.next = (at + 1) % self.per_shard;
+        shard.slots[at].replace(record)
+    }
+
+    /// Takes every record of `trace` out of the ring, into `out`.
+    pub fn take_trace(&self, trace: TraceId, out: &mut Vec<SpanRecord>) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for slot in shard.slots.iter_mut() {
+                if slot.as_ref().is_some_and(|r| r.context.trace_id == trace) {
+                    out.extend(slot.take());
+                }
+            }
+        }
+    }
+
+    /// Records held now.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.slots.iter().filter(|r| r.is_some()).count()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
