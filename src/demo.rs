@@ -7,6 +7,11 @@
 //! listener as its HTTP proxy. The demo sends a few requests (one carrying Zipkin B3 headers,
 //! which the proxies translate to W3C), collects the spans in process (no collector needed),
 //! and prints each trace as a tree.
+//!
+//! Then the same three services again at 1% head sampling, with a payment service that fails
+//! every tenth call and is slow once: deferred sampling keeps the error and slow traces whole
+//! (checkout answers 502 to its client, payment's own sidecar sees the 500 or the delay), and
+//! the demo prints them with the reason each span was kept, next to a head-sampled trace.
 
 use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -52,18 +57,7 @@ const FORWARDED: [&str; 7] = [
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let sink = SpanSink::default();
 
-    let inventory = Service::start("inventory", Duration::from_millis(2), vec![], &sink).await?;
-    let payment = Service::start("payment", Duration::from_millis(3), vec![], &sink).await?;
-    let checkout = Service::start(
-        "checkout",
-        Duration::from_millis(1),
-        vec![
-            ("/inventory", inventory.proxy_inbound),
-            ("/payment", payment.proxy_inbound),
-        ],
-        &sink,
-    )
-    .await?;
+    let (checkout, inventory, payment) = shop(&sink, None, Behaviour::Steady).await?;
 
     println!(
         "tracemesh demo: checkout → inventory, checkout → payment; each behind its own proxy\n"
@@ -105,7 +99,115 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         s.stop().await;
     }
     print!("{}", render_traces(&sink.spans()));
+    deferred(args.requests.max(1) * 10).await
+}
+
+/// The three services; `head_ratio` is their head sampling (`None`: always on).
+async fn shop(
+    sink: &SpanSink,
+    head_ratio: Option<f64>,
+    payment_behaviour: Behaviour,
+) -> anyhow::Result<(Service, Service, Service)> {
+    let inventory = Service::start(
+        "inventory",
+        Duration::from_millis(2),
+        vec![],
+        sink,
+        head_ratio,
+        Behaviour::Steady,
+    )
+    .await?;
+    let payment = Service::start(
+        "payment",
+        Duration::from_millis(3),
+        vec![],
+        sink,
+        head_ratio,
+        payment_behaviour,
+    )
+    .await?;
+    let checkout = Service::start(
+        "checkout",
+        Duration::from_millis(1),
+        vec![
+            ("/inventory", inventory.proxy_inbound),
+            ("/payment", payment.proxy_inbound),
+        ],
+        sink,
+        head_ratio,
+        Behaviour::Steady,
+    )
+    .await?;
+    Ok((checkout, inventory, payment))
+}
+
+/// Deferred sampling: `requests` checkouts at 1% head sampling, payment failing every tenth and
+/// slow once, plus one request whose caller sampled it; prints the traces that were kept.
+async fn deferred(requests: usize) -> anyhow::Result<()> {
+    let sink = SpanSink::default();
+    let (checkout, inventory, payment) = shop(
+        &sink,
+        Some(0.01),
+        Behaviour::Flaky {
+            fail_every: 10,
+            slow_at: 4,
+            slow: Duration::from_millis(300),
+            seen: Arc::default(),
+        },
+    )
+    .await?;
+    println!(
+        "deferred sampling: {requests} more checkouts at 1% head sampling; payment fails every \
+         10th call and is slow once (300 ms, over the 200 ms threshold)\n"
+    );
+    let mut failed = 0;
+    for _ in 0..requests {
+        if get(checkout.proxy_inbound, "/checkout", &[]).await? != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    // One whose caller sampled it: head-sampled, whatever the ratio.
+    let caller = format!(
+        "00-{}-{}-01",
+        crate::context::TraceId::random(),
+        crate::context::SpanId::random()
+    );
+    get(
+        checkout.proxy_inbound,
+        "/checkout",
+        &[("traceparent", &caller)],
+    )
+    .await?;
+    for s in [checkout, inventory, payment] {
+        s.stop().await;
+    }
+    let spans = sink.spans();
+    let traces: std::collections::BTreeSet<String> = spans
+        .iter()
+        .map(|s| s.1.span_context.trace_id().to_string())
+        .collect();
+    println!(
+        "  sent {} requests, {failed} answered 502; kept {} traces ({} spans), each span marked \
+         with why it was kept:\n",
+        requests + 1,
+        traces.len(),
+        spans.len()
+    );
+    print!("{}", render_traces(&spans));
     Ok(())
+}
+
+/// What a demo app does besides its calls.
+#[derive(Clone)]
+enum Behaviour {
+    Steady,
+    /// Answers 500 on every `fail_every`-th request and sleeps `slow` on request `slow_at`.
+    Flaky {
+        fail_every: usize,
+        slow_at: usize,
+        slow: Duration,
+        seen: Arc<std::sync::atomic::AtomicUsize>,
+    },
 }
 
 /// One "pod": an app and its proxy.
@@ -122,6 +224,8 @@ impl Service {
         work: Duration,
         calls: Vec<(&'static str, SocketAddr)>,
         sink: &SpanSink,
+        head_ratio: Option<f64>,
+        behaviour: Behaviour,
     ) -> anyhow::Result<Self> {
         let app_listener = TcpListener::bind("127.0.0.1:0").await?;
         let app = app_listener.local_addr()?;
@@ -136,7 +240,10 @@ impl Service {
             shutdown_grace: Duration::from_secs(2),
             policy: Default::default(),
             trusted_cidrs: Vec::new(),
-            retention: Default::default(),
+            retention: crate::telemetry::retention::RetentionConfig {
+                slow_threshold: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
             red_metrics: true,
             opaque_ports: Vec::new(),
             // Nothing routes to the demo's proxies through a load balancer: stop at once.
@@ -146,6 +253,10 @@ impl Service {
         let mut telemetry = TelemetryConfig::from_lookup(|k| match k {
             "OTEL_SERVICE_NAME" => Some(name.to_owned()),
             "OTEL_BSP_SCHEDULE_DELAY" => Some("100".to_owned()),
+            "OTEL_TRACES_SAMPLER" if head_ratio.is_some() => {
+                Some("parentbased_traceidratio".to_owned())
+            }
+            "OTEL_TRACES_SAMPLER_ARG" => head_ratio.map(|r| r.to_string()),
             _ => None,
         })?;
         telemetry.export_timeout = Duration::from_secs(2);
@@ -154,7 +265,7 @@ impl Service {
             .with_context(|| format!("starting {name}'s proxy"))?;
         let outbound = proxy.bound.outbound;
         let calls = Arc::new(calls);
-        tokio::spawn(serve_app(app_listener, work, calls, outbound));
+        tokio::spawn(serve_app(app_listener, work, calls, outbound, behaviour));
         Ok(Service {
             app,
             proxy_inbound: proxy.bound.inbound,
@@ -174,15 +285,33 @@ async fn serve_app(
     work: Duration,
     calls: Arc<Vec<(&'static str, SocketAddr)>>,
     outbound: SocketAddr,
+    behaviour: Behaviour,
 ) {
     while let Ok((stream, _)) = listener.accept().await {
         let calls = calls.clone();
+        let behaviour = behaviour.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let calls = calls.clone();
+                let behaviour = behaviour.clone();
                 async move {
                     tokio::time::sleep(work).await;
                     let mut status = StatusCode::OK;
+                    if let Behaviour::Flaky {
+                        fail_every,
+                        slow_at,
+                        slow,
+                        seen,
+                    } = &behaviour
+                    {
+                        let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n == *slow_at {
+                            tokio::time::sleep(*slow).await;
+                        }
+                        if n % fail_every == fail_every - 1 {
+                            status = StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                    }
                     for (path, next) in calls.iter() {
                         let url = format!("http://{next}{path}");
                         let forwarded = forwarded_headers(req.headers());
@@ -319,13 +448,14 @@ fn render_node(
         .as_secs_f64()
         * 1000.0;
     let status = attr("http.response.status_code").unwrap_or_default();
+    let reason = attr("tracemesh.sampling.reason").map_or(String::new(), |r| format!("[{r}]"));
     let error = match &span.status {
         Status::Error { description } => format!("  ERROR {description}"),
         _ => String::new(),
     };
     let head = format!("{prefix}{branch}{label}");
     out.push_str(&format!(
-        "{head:<34} {kind:<7} {service:<10} {ms:>7.1}ms  {status}{error}\n"
+        "{head:<34} {kind:<7} {service:<10} {ms:>7.1}ms  {reason:<12} {status}{error}\n"
     ));
     let children: Vec<_> = all
         .iter()

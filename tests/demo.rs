@@ -26,7 +26,10 @@ async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let traces: Vec<&str> = stdout.split("trace ").skip(1).collect();
+    let (always_on, deferred) = stdout
+        .split_once("deferred sampling:")
+        .unwrap_or_else(|| panic!("no deferred-sampling part:\n{stdout}"));
+    let traces: Vec<&str> = always_on.split("trace ").skip(1).collect();
     // Two plain requests and one from a B3 client; every trace has 5 spans.
     let headers: Vec<&str> = traces.iter().filter_map(|t| t.lines().next()).collect();
     assert_eq!(headers.len(), 3, "{stdout}");
@@ -70,4 +73,36 @@ async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
     assert!(lines[2].starts_with("│  └─ GET /inventory"), "{b3}");
     assert!(lines[3].starts_with("└─ GET /payment"), "{b3}");
     assert!(lines[4].starts_with("   └─ GET /payment"), "{b3}");
+
+    // Deferred sampling at 1%: 20 checkouts, payment failing on calls 10 and 20 and slow on
+    // call 5, plus one the caller sampled. Kept: both error traces, the slow one, the head one
+    // (and, by chance, the odd trace the 1% head sample took).
+    assert!(
+        deferred.contains("sent 21 requests, 2 answered 502"),
+        "{deferred}"
+    );
+    let kept: Vec<&str> = deferred.split("trace ").skip(1).collect();
+    let with = |reason: &str| {
+        kept.iter()
+            .filter(|t| {
+                t.lines()
+                    .skip(1)
+                    .all(|l| l.trim().is_empty() || l.contains(reason))
+            })
+            .count()
+    };
+    assert_eq!(with("[error]"), 2, "{deferred}");
+    assert_eq!(with("[slow]"), 1, "{deferred}");
+    assert!(with("[head]") >= 1, "{deferred}");
+    for t in kept.iter().filter(|t| t.contains("[error]")) {
+        let first = t.lines().nth(1).unwrap();
+        assert!(
+            first.starts_with("GET /checkout") && first.contains("502"),
+            "{t}"
+        );
+        assert!(
+            t.contains("GET /payment") && t.contains("server  payment"),
+            "payment's own span is kept: {t}"
+        );
+    }
 }
