@@ -11,6 +11,8 @@
 #   6 tracemesh-hop      client -> tracemesh A outbound -> tracemesh B inbound -> upstream (both tracing)
 #   7 floor              client -> benches/floor_proxy.rs, the least a hyper proxy does (no tracing)
 #   8 tracemesh-1w/-2w   tracing on, --workers 1 / 2, proxy allowed on both CPUs (the scaling pair)
+#   9 tracemesh-1pct     1% head sampling, deferred sampling on, an upstream failing 1% (500)
+#     tracemesh-1pct-headonly  the same with --retention off (head sampling only)
 #
 # Each leg, for HTTP/1.1 and for h2c (prior knowledge): a closed-loop run (wrk for HTTP/1.1,
 # h2load for h2c), a fixed-rate run (h2load --rps) during which the proxy's CPU time is read
@@ -198,9 +200,9 @@ render() { # template output VAR=value...
 }
 
 # ------------------------------------------------------------------------------ shared servers
-alloc_port UP_H1; alloc_port UP_H2; alloc_port SINK_HTTP; alloc_port SINK_GRPC
+alloc_port UP_H1; alloc_port UP_H2; alloc_port UP_E1; alloc_port UP_E2; alloc_port SINK_HTTP; alloc_port SINK_GRPC
 
-render "$HERE/nginx-upstream.conf" "$RUN/upstream.conf" UP_H1="$UP_H1" UP_H2="$UP_H2"
+render "$HERE/nginx-upstream.conf" "$RUN/upstream.conf" UP_H1="$UP_H1" UP_H2="$UP_H2" UP_E1="$UP_E1" UP_E2="$UP_E2"
 start_bg "$PROXY_CPU" "$RUN/upstream.log" nginx -p "$RUN" -c "$RUN/upstream.conf"
 UPSTREAM_PID="$LAST_PID"
 wait_port "$UP_H1" "$UPSTREAM_PID" && wait_port "$UP_H2" "$UPSTREAM_PID" \
@@ -248,7 +250,8 @@ start_tracemesh() { # name exporter inbound outbound admin app [extra flags...] 
   shift 6
   local envs=(
     "OTEL_SERVICE_NAME=bench-$name"
-    "OTEL_TRACES_SAMPLER=always_on"
+    "OTEL_TRACES_SAMPLER=${TM_SAMPLER:-always_on}"
+    "OTEL_TRACES_SAMPLER_ARG=${TM_SAMPLER_ARG:-1}"
     "OTEL_TRACES_EXPORTER=$exporter"
     "RUST_LOG=$TM_RUST_LOG"
   )
@@ -340,6 +343,20 @@ PY
         tracemesh-2w) TM_WORKERS=2; TM_CPUS="$LOAD_CPU,$PROXY_CPU" ;;
       esac
       start_tracemesh "$leg-$proto" "$exporter" "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$up" "${extra[@]}"
+      STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$in"
+      { wait_port "$in" "$LAST_PID" && wait_port "$adm" "$LAST_PID" && wait_ready "$adm" "$LAST_PID"; } \
+        || { log "tracemesh did not start"; tail -20 "$RUN/$leg-$proto.log" >&2; return 1; }
+      STATS_CMD="curl -s --max-time 2 http://127.0.0.1:$adm/metrics"
+      ;;
+    tracemesh-1pct|tracemesh-1pct-headonly)
+      # 1% head sampling in front of an app failing 1% of requests; with deferred sampling on
+      # (the default) and off (head sampling only).
+      [ "$TM_OK" = 1 ] || return 1
+      alloc_port in; alloc_port adm
+      local err_up="$UP_E1" extra=(); [ "$proto" = h1 ] || err_up="$UP_E2"
+      [ "$leg" = tracemesh-1pct-headonly ] && extra=(--retention off)
+      TM_SAMPLER=parentbased_traceidratio TM_SAMPLER_ARG=0.01 \
+        start_tracemesh "$leg-$proto" otlp "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$err_up" "${extra[@]}"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$in"
       { wait_port "$in" "$LAST_PID" && wait_port "$adm" "$LAST_PID" && wait_ready "$adm" "$LAST_PID"; } \
         || { log "tracemesh did not start"; tail -20 "$RUN/$leg-$proto.log" >&2; return 1; }
@@ -444,8 +461,12 @@ measure() { # leg proto
   local statsnote=""
   if [ -n "$STATS_CMD" ]; then
     bash -c "$STATS_CMD" >"$base-stats.txt" 2>&1 || true
-    statsnote="$(grep -E 'tracing\.opentelemetry|otlp_sink\.upstream_rq_(2xx|200|total)|^([AB]:)?tracemesh_(spans|export)[a-z_]*(\{[^}]*\})? ' "$base-stats.txt" \
+    statsnote="$(grep -E 'tracing\.opentelemetry|otlp_sink\.upstream_rq_(2xx|200|total)|^([AB]:)?tracemesh_(spans|export|retention)[a-z_]*(\{[^}]*\})? ' "$base-stats.txt" \
       | grep -v '^#' | awk '{print $1"="$2}' | sed 's/:=/=/' | tr '\n' ' ' || true)"
+    # Requests the proxy answered (all RED series), so spans per 1,000 requests can be read off.
+    local answered
+    answered="$(awk '/^tracemesh_requests_total\{/ {n += $2} END {if (n) printf "%d", n}' "$base-stats.txt")"
+    [ -n "$answered" ] && statsnote="$statsnote requests=$answered"
     [ -n "$statsnote" ] || statsnote="(no exporter counters found; see $(basename "$base")-stats.txt)"
   fi
 

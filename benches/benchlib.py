@@ -25,6 +25,8 @@ LEG_NAMES = {
     "tracemesh-nored": "tracemesh inbound, tracing on, RED metrics off",
     "tracemesh-hop": "tracemesh outbound → inbound",
     "floor": "floor: minimal hyper proxy (no tracing)",
+    "tracemesh-1pct": "tracemesh, 1% head + deferred sampling, 1% errors",
+    "tracemesh-1pct-headonly": "tracemesh, 1% head sampling only, 1% errors",
     "tracemesh-1w": "tracemesh, tracing on, 1 worker, both CPUs",
     "tracemesh-2w": "tracemesh, tracing on, 2 workers, both CPUs",
 }
@@ -209,7 +211,7 @@ def report(results_path, meta_path):
     for proto in ("h1", "h2c"):
         refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "envoy", "floor")}
         for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
-                    "tracemesh-1w", "tracemesh-2w"):
+                    "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly"):
             d = by.get((leg, proto))
             if not d or d.get("skipped") or "closed" not in d:
                 continue

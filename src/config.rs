@@ -186,7 +186,7 @@ pub struct ProxyArgs {
     /// slow, or whose trace a downstream hop kept, as well as the head-sampled ones.
     #[arg(long, env = ENV_RETENTION, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub retention: bool,
-    /// Unkept span records held for a later keep decision (about 300 bytes each).
+    /// Unkept span records held for a later keep decision (568 bytes each).
     #[arg(long, env = ENV_RETENTION_RING_SPANS, default_value_t = crate::telemetry::retention::DEFAULT_RING_SPANS)]
     pub retention_ring_spans: usize,
     /// A span longer than this is kept as slow, whatever its route (default: learned per route).

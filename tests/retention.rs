@@ -319,6 +319,69 @@ async fn slow_requests_are_kept_by_a_configured_and_by_the_learned_threshold() {
     }
 }
 
+/// Retention rules in the rules file: a per-route slow threshold, and a route whose errors are
+/// not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_rules_set_slow_thresholds_and_error_keeping_per_route() {
+    let dir = std::env::temp_dir().join(format!("tracemesh-retention-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "retention:\n  - match: { path_prefix: /checkout }\n    slow: 100ms\n  - match: { path_prefix: /batch }\n    errors: false\n",
+    )
+    .unwrap();
+    let otlp = OtlpReceiver::start_grpc().await;
+    let slow_app = App::start(Behaviour::Delay(Duration::from_millis(200))).await;
+    let p = sidecar(&otlp, "per-route", "0")
+        .arg("--app-addr")
+        .arg(slow_app.addr().to_string())
+        .arg("--sampling-rules")
+        .arg(&rules)
+        .start()
+        .await;
+    client::http1_get(p.inbound(), "/checkout/1", &[]).await;
+    client::http1_get(p.inbound(), "/browse", &[]).await;
+    let spans = otlp.wait_for_spans(1, DEADLINE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans_later = otlp.spans();
+    assert_eq!(
+        spans_later.len(),
+        1,
+        "only /checkout is slow at 200 ms: {}",
+        tree(&spans_later)
+    );
+    assert_eq!(spans[0].attr_str("url.path"), Some("/checkout/1"));
+    assert_eq!(reason(&spans[0]), Some("slow"));
+
+    let failing = App::start(Behaviour::status(500, "no")).await;
+    let q = sidecar(&otlp, "per-route-errors", "0")
+        .arg("--app-addr")
+        .arg(failing.addr().to_string())
+        .arg("--sampling-rules")
+        .arg(&rules)
+        .start()
+        .await;
+    client::http1_get(q.inbound(), "/batch/7", &[]).await;
+    client::http1_get(q.inbound(), "/orders/7", &[]).await;
+    let spans = otlp
+        .wait_until(DEADLINE, "the /orders error", |s| {
+            s.iter()
+                .any(|s| s.attr_str("url.path") == Some("/orders/7"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !otlp
+            .spans()
+            .iter()
+            .any(|s| s.attr_str("url.path") == Some("/batch/7")),
+        "errors on /batch are not kept: {}",
+        tree(&spans)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A burst larger than the ring overwrites unkept records, and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_ring_size_counts_overwritten_records() {

@@ -89,7 +89,7 @@ impl Default for RetentionConfig {
     }
 }
 
-/// About 2.5 MiB of records.
+/// 4.5 MiB of records (568 bytes each; `ring.rs` checks the size).
 pub const DEFAULT_RING_SPANS: usize = 8192;
 pub const DEFAULT_SLOW_FLOOR: Duration = Duration::from_millis(100);
 

@@ -24,7 +24,10 @@ use pin_project_lite::pin_project;
 
 use super::{
     retention::{self, KeepReason, Retention},
-    sampling::{rules::RequestFacts, FORCE_TRACE},
+    sampling::{
+        rules::{RequestFacts, Retain, Slow},
+        FORCE_TRACE,
+    },
     semconv, Failure, Outcome, SpanRecord, Telemetry,
 };
 use crate::{
@@ -111,18 +114,21 @@ where
         // One snapshot of the reloadable policy serves this request's route and decision.
         let policy = telemetry.policy().load();
         let route = policy.routes.route(req.uri().path());
-        let decision = telemetry.sampler().decide(
-            &extracted,
-            &RequestFacts {
-                direction: layer.kind,
-                method: req.method(),
-                path: req.uri().path(),
-                route,
-                headers: req.headers(),
-            },
-            &policy.rules,
-            layer.client.ip(),
-        );
+        let facts = RequestFacts {
+            direction: layer.kind,
+            method: req.method(),
+            path: req.uri().path(),
+            route,
+            headers: req.headers(),
+        };
+        let decision =
+            telemetry
+                .sampler()
+                .decide(&extracted, &facts, &policy.rules, layer.client.ip());
+        let retain = match telemetry.retention() {
+            Some(_) => policy.rules.retain(&facts),
+            None => Retain::default(),
+        };
         drop(policy);
         // Ours, and decided: it goes no further, so an app that copies headers onto its own
         // calls cannot carry a force-trace from an untrusted caller to a trusted listener.
@@ -210,6 +216,7 @@ where
             record,
             sampled,
             keep: None,
+            retain,
         });
 
         ResponseFuture {
@@ -257,6 +264,8 @@ struct Pending {
     sampled: bool,
     /// Kept, and why, once decided (at the response head or at the end).
     keep: Option<KeepReason>,
+    /// What the retention rules say about this request's span.
+    retain: Retain,
 }
 
 impl Pending {
@@ -291,9 +300,9 @@ impl Pending {
         let (trace, span, kind) = (r.context.trace_id, r.context.span_id, r.kind);
         let reason = if self.sampled {
             Some(KeepReason::Head)
-        } else if semconv::failed(r) {
+        } else if self.retain.errors && semconv::failed(r) {
             Some(KeepReason::Error)
-        } else if is_slow(retention, r, self.start.elapsed()) {
+        } else if is_slow(retention, self.retain, r, self.start.elapsed()) {
             Some(KeepReason::Slow)
         } else {
             let downstream = match kind {
@@ -348,9 +357,9 @@ impl Pending {
                 let head = self.sampled.then_some(KeepReason::Head);
                 self.keep.or(head).or_else(|| {
                     let trace = r.context.trace_id;
-                    let late = if semconv::failed(r) {
+                    let late = if self.retain.errors && semconv::failed(r) {
                         Some(KeepReason::Error)
-                    } else if is_slow(retention, r, duration) {
+                    } else if is_slow(retention, self.retain, r, duration) {
                         Some(KeepReason::Slow)
                     } else {
                         retention.is_kept(trace).then_some(KeepReason::Downstream)
@@ -403,12 +412,14 @@ impl Pending {
     }
 }
 
-/// Whether a span of `duration` is slow: over the configured threshold, or over its route's
-/// learned one.
-fn is_slow(retention: &Retention, r: &SpanRecord, duration: Duration) -> bool {
-    match retention.config.slow_threshold {
-        Some(t) if duration > t => true,
-        _ => retention.learner().is_slow(r.kind, r.route, duration),
+/// Whether a span of `duration` is slow: over its retention rule's threshold, else over
+/// `--slow-threshold`, else over its route's learned one.
+fn is_slow(retention: &Retention, retain: Retain, r: &SpanRecord, duration: Duration) -> bool {
+    match (retain.slow, retention.config.slow_threshold) {
+        (Slow::Never, _) => false,
+        (Slow::Over(t), _) => duration > t,
+        (Slow::Learned, Some(t)) if duration > t => true,
+        (Slow::Learned, _) => retention.learner().is_slow(r.kind, r.route, duration),
     }
 }
 

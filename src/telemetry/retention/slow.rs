@@ -104,6 +104,15 @@ impl SlowLearner {
         let start = (tag.wrapping_mul(0x9e37_79b9) >> 7) % (ENTRIES - 1);
         for step in 0..8 {
             let e = &self.entries[(start + step) % (ENTRIES - 1)];
+            // A plain load finds a route's entry; only a free one is claimed with a CAS, so a
+            // request costs no locked instruction on a line other workers read.
+            let seen = e.tag.load(Ordering::Acquire);
+            if seen == tag {
+                return e;
+            }
+            if seen != 0 {
+                continue;
+            }
             match e
                 .tag
                 .compare_exchange(0, tag, Ordering::AcqRel, Ordering::Acquire)

@@ -61,20 +61,61 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
 }
 
-/// A parsed rules file. Cheap to clone.
+/// A parsed rules file: the sampling rules and the retention rules. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Rules(Arc<[Rule]>);
+pub struct Rules(Arc<[Rule]>, Arc<[RetentionRule]>);
 
 #[derive(Debug)]
 struct Rule {
     name: Box<str>,
+    matcher: Matcher,
+    action: Action,
+}
+
+/// What a request must look like for a rule to apply.
+#[derive(Debug, Default)]
+struct Matcher {
     direction: Option<Direction>,
     methods: Box<[Method]>,
     route: Option<Box<str>>,
     paths: Box<[Box<str>]>,
     path_prefixes: Box<[Box<str>]>,
     headers: Box<[HeaderMatch]>,
-    action: Action,
+}
+
+/// What deferred sampling does with the spans of matching requests (`retention:` in the
+/// file; first match wins; without a match: errors kept, slow learned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retain {
+    /// Keep spans that failed.
+    pub errors: bool,
+    pub slow: Slow,
+}
+
+impl Default for Retain {
+    fn default() -> Self {
+        Retain {
+            errors: true,
+            slow: Slow::Learned,
+        }
+    }
+}
+
+/// When a span is slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slow {
+    /// Over the route's learned p99 (and the floor).
+    Learned,
+    /// Over this.
+    Over(std::time::Duration),
+    /// Never kept as slow.
+    Never,
+}
+
+#[derive(Debug)]
+struct RetentionRule {
+    matcher: Matcher,
+    retain: Retain,
 }
 
 #[derive(Debug)]
@@ -112,6 +153,20 @@ struct File {
     probe_defaults: bool,
     #[serde(default)]
     rules: Vec<RuleSpec>,
+    #[serde(default)]
+    retention: Vec<RetentionSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSpec {
+    #[serde(default, rename = "match")]
+    matches: MatchSpec,
+    /// `learned`, `never`, or a duration (`250ms`).
+    #[serde(default)]
+    slow: Option<String>,
+    #[serde(default)]
+    errors: Option<bool>,
 }
 
 fn yes() -> bool {
@@ -195,7 +250,7 @@ pub const PROBE_PATHS: [&str; 7] = [
 impl Rules {
     /// The probe defaults alone: what a proxy without a rules file uses.
     pub fn defaults() -> Self {
-        Rules(probe_rules().into())
+        Rules(probe_rules().into(), Arc::new([]))
     }
 
     /// Parses a rules file.
@@ -224,14 +279,42 @@ impl Rules {
             })?;
             rules.push(rule);
         }
-        Ok(Rules(rules.into()))
+        let mut retention = Vec::new();
+        for (i, spec) in file.retention.into_iter().enumerate() {
+            let err = |reason| RulesError::Rule {
+                index: i + 1,
+                name: format!("retention #{}", i + 1),
+                reason,
+            };
+            let slow = match spec.slow.as_deref().map(str::trim) {
+                None | Some("learned") => Slow::Learned,
+                Some("never") => Slow::Never,
+                Some(d) => Slow::Over(crate::config::parse_timeout(d).map_err(err)?),
+            };
+            retention.push(RetentionRule {
+                matcher: build_matcher(spec.matches).map_err(err)?,
+                retain: Retain {
+                    errors: spec.errors.unwrap_or(true),
+                    slow,
+                },
+            });
+        }
+        Ok(Rules(rules.into(), retention.into()))
+    }
+
+    /// What deferred sampling does with `req`'s span: the first matching retention rule.
+    pub fn retain(&self, req: &RequestFacts<'_>) -> Retain {
+        self.1
+            .iter()
+            .find(|r| r.matcher.matches(req))
+            .map_or_else(Retain::default, |r| r.retain)
     }
 
     /// The first matching rule's action and name.
     pub fn decide(&self, req: &RequestFacts<'_>) -> Option<(&Action, &str)> {
         self.0
             .iter()
-            .find(|r| r.matches(req))
+            .find(|r| r.matcher.matches(req))
             .map(|r| (&r.action, &*r.name))
     }
 
@@ -245,28 +328,29 @@ impl Rules {
 }
 
 fn probe_rules() -> Vec<Rule> {
-    let base = |name: &str| Rule {
+    let never = |name: &str, matcher| Rule {
         name: name.into(),
-        direction: None,
-        methods: Box::new([]),
-        route: None,
-        paths: Box::new([]),
-        path_prefixes: Box::new([]),
-        headers: Box::new([]),
+        matcher,
         action: Action::Never,
     };
     vec![
-        Rule {
-            headers: Box::new([HeaderMatch {
-                name: http::header::USER_AGENT,
-                test: HeaderTest::Prefix(b"kube-probe/"[..].into()),
-            }]),
-            ..base("probe-defaults: kube-probe user agent")
-        },
-        Rule {
-            paths: PROBE_PATHS.iter().map(|&p| p.into()).collect(),
-            ..base("probe-defaults: health and metrics paths")
-        },
+        never(
+            "probe-defaults: kube-probe user agent",
+            Matcher {
+                headers: Box::new([HeaderMatch {
+                    name: http::header::USER_AGENT,
+                    test: HeaderTest::Prefix(b"kube-probe/"[..].into()),
+                }]),
+                ..Matcher::default()
+            },
+        ),
+        never(
+            "probe-defaults: health and metrics paths",
+            Matcher {
+                paths: PROBE_PATHS.iter().map(|&p| p.into()).collect(),
+                ..Matcher::default()
+            },
+        ),
     ]
 }
 
@@ -298,7 +382,14 @@ fn build(spec: RuleSpec, name: &str) -> Result<Rule, String> {
             }
         }
     };
-    let m = spec.matches;
+    Ok(Rule {
+        name: name.into(),
+        matcher: build_matcher(spec.matches)?,
+        action,
+    })
+}
+
+fn build_matcher(m: MatchSpec) -> Result<Matcher, String> {
     let direction = match m.direction.as_deref() {
         None => None,
         Some("inbound") => Some(Direction::Inbound),
@@ -345,21 +436,19 @@ fn build(spec: RuleSpec, name: &str) -> Result<Rule, String> {
             Ok(HeaderMatch { name, test })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(Rule {
-        name: name.into(),
+    Ok(Matcher {
         direction,
         methods: methods.into(),
         route: m.route.map(String::into_boxed_str),
         paths: exact.into(),
         path_prefixes: prefixes.into(),
         headers: headers.into(),
-        action,
     })
 }
 
-// === impl Rule ===
+// === impl Matcher ===
 
-impl Rule {
+impl Matcher {
     fn matches(&self, req: &RequestFacts<'_>) -> bool {
         self.direction.is_none_or(|d| d == req.direction)
             && (self.methods.is_empty() || self.methods.contains(req.method))
@@ -537,6 +626,43 @@ rules:
         ] {
             let err = Rules::parse(yaml).unwrap_err().to_string();
             assert!(err.contains(needle), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_rules_set_per_route_slow_thresholds_and_errors() {
+        let rules = Rules::parse(
+            "retention:\n  - match:\n      route: /checkout\n    slow: 250ms\n  - match: { path_prefix: /batch/ }\n    slow: never\n    errors: false\n",
+        )
+        .unwrap();
+        let none = HeaderMap::new();
+        let mut req = facts(&Method::GET, "/checkout", &none);
+        req.route = Some(Route::Matched("/checkout"));
+        assert_eq!(
+            rules.retain(&req),
+            Retain {
+                errors: true,
+                slow: Slow::Over(std::time::Duration::from_millis(250))
+            }
+        );
+        let batch = facts(&Method::GET, "/batch/nightly", &none);
+        assert_eq!(
+            rules.retain(&batch),
+            Retain {
+                errors: false,
+                slow: Slow::Never
+            }
+        );
+        assert_eq!(
+            rules.retain(&facts(&Method::GET, "/", &none)),
+            Retain::default()
+        );
+        for bad in [
+            "retention: [ { slow: fast } ]",
+            "retention: [ { slow: 0s } ]",
+            "retention: [ { keep: 1 } ]",
+        ] {
+            assert!(Rules::parse(bad).is_err(), "{bad}");
         }
     }
 
