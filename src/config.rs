@@ -37,6 +37,7 @@ pub const ENV_RETENTION_RING_SPANS: &str = "TRACEMESH_RETENTION_RING_SPANS";
 pub const ENV_SLOW_THRESHOLD: &str = "TRACEMESH_SLOW_THRESHOLD";
 pub const ENV_SLOW_FLOOR: &str = "TRACEMESH_SLOW_FLOOR";
 pub const ENV_RESPONSE_CONTEXT: &str = "TRACEMESH_RESPONSE_CONTEXT";
+pub const ENV_RETENTION_KEEP_RATE: &str = "TRACEMESH_RETENTION_KEEP_RATE";
 pub const ENV_DISABLE_RED_METRICS: &str = "TRACEMESH_DISABLE_RED_METRICS";
 
 pub const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
@@ -199,6 +200,10 @@ pub struct ProxyArgs {
     /// `off` at the mesh's edge also strips them from the app's responses.
     #[arg(long, env = ENV_RESPONSE_CONTEXT, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub response_context: bool,
+    /// New traces kept per second for a reason other than the head (errors, slow, downstream):
+    /// what an error storm, or a client replaying a kept trace ID, can make the proxy export.
+    #[arg(long, env = ENV_RETENTION_KEEP_RATE, default_value_t = crate::telemetry::retention::DEFAULT_KEEP_RATE, value_parser = parse_rate)]
+    pub retention_keep_rate: f64,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
@@ -212,6 +217,14 @@ pub struct ProxyArgs {
 fn parse_route(s: &str) -> Result<String, String> {
     routes::Routes::parse([s]).map_err(|e| e.to_string())?;
     Ok(s.trim().to_owned())
+}
+
+/// A rate per second: a number of at least 0.001.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.001 => Ok(r),
+        _ => Err(format!("{s:?}: expected a number of at least 0.001")),
+    }
 }
 
 /// `on` / `off` (also `true` / `false`).
@@ -300,6 +313,7 @@ impl ProxyArgs {
             slow_threshold: self.slow_threshold,
             slow_floor: self.slow_floor,
             response_context: self.response_context,
+            keep_rate: self.retention_keep_rate,
         }
     }
 

@@ -107,6 +107,7 @@ struct ReasonLabels {
 pub struct RetentionMetrics {
     pub kept: [Counter; 4],
     pub overwritten: Counter,
+    pub limited: Counter,
 }
 
 /// The reloadable configuration's metrics (see `telemetry::policy`).
@@ -257,10 +258,18 @@ impl Metrics {
              could take them",
             overwritten.clone(),
         );
+        let limited = Counter::default();
+        registry.register(
+            "tracemesh_retention_limited",
+            "Traces not kept for an error, slowness or a downstream keep because \
+             --retention-keep-rate was spent",
+            limited.clone(),
+        );
         let retention = RetentionMetrics {
             kept: ["head", "error", "slow", "downstream"]
                 .map(|reason| kept.get_or_create_owned(&ReasonLabels { reason })),
             overwritten,
+            limited,
         };
 
         let conn = |dir| {

@@ -170,8 +170,15 @@ impl Telemetry {
     /// Parks a record that was not kept in the retention ring.
     pub fn park(&self, record: SpanRecord) {
         if let Some(r) = &self.0.retention {
-            if r.park(record) {
-                self.0.metrics.retention.overwritten.inc();
+            match r.park(record) {
+                retention::ring::Pushed::Parked { overwritten: true } => {
+                    self.0.metrics.retention.overwritten.inc();
+                }
+                retention::ring::Pushed::Parked { overwritten: false } => {}
+                // Its trace was kept by another worker while this span ended.
+                retention::ring::Pushed::Kept(record) => {
+                    self.keep(*record, retention::KeepReason::Downstream)
+                }
             }
         }
     }

@@ -27,6 +27,8 @@
 //! | `tracemesh.io/skip-outbound-cidrs` | comma-separated IPs or CIDRs |
 //! | `tracemesh.io/config` | a ConfigMap in the pod's namespace with `sampling-rules.yaml` and `routes` → mounted at `/etc/tracemesh/config`, hot-reloaded |
 //! | `tracemesh.io/trusted-cidrs` | comma-separated IPs or CIDRs whose force-trace header is honoured → `TRACEMESH_TRUSTED_CIDRS` |
+//! | `tracemesh.io/retention-ring-spans` | records the deferred-sampling ring holds (1..=1048576) → `TRACEMESH_RETENTION_RING_SPANS` |
+//! | `tracemesh.io/response-context` | `on` or `off` (the mesh's edge) → `TRACEMESH_RESPONSE_CONTEXT` |
 //!
 //! Written by the mutation: `tracemesh.io/injected: "true"` on an injected template, and
 //! `tracemesh.io/inject-skipped: <reason>` on one left alone. An already-injected template is not
@@ -49,8 +51,8 @@ use crate::{
     config::{
         SampleRatio, ENV_ADMIN_LISTEN, ENV_INBOUND_LISTEN, ENV_NODE_NAME, ENV_OTLP_ENDPOINT,
         ENV_OTLP_PROTOCOL, ENV_OUTBOUND_LISTEN, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_PROPAGATORS,
-        ENV_ROUTES_FILE, ENV_SAMPLING_RULES, ENV_SERVICE_NAME, ENV_TRACES_SAMPLER,
-        ENV_TRACES_SAMPLER_ARG, ENV_TRUSTED_CIDRS,
+        ENV_RESPONSE_CONTEXT, ENV_RETENTION_RING_SPANS, ENV_ROUTES_FILE, ENV_SAMPLING_RULES,
+        ENV_SERVICE_NAME, ENV_TRACES_SAMPLER, ENV_TRACES_SAMPLER_ARG, ENV_TRUSTED_CIDRS,
     },
     context::Propagators,
     k8s::init::DEFAULT_PROXY_UID,
@@ -69,6 +71,10 @@ pub const ANNOTATION_SKIP_OUTBOUND_PORTS: &str = "tracemesh.io/skip-outbound-por
 pub const ANNOTATION_SKIP_OUTBOUND_CIDRS: &str = "tracemesh.io/skip-outbound-cidrs";
 pub const ANNOTATION_CONFIG: &str = "tracemesh.io/config";
 pub const ANNOTATION_TRUSTED_CIDRS: &str = "tracemesh.io/trusted-cidrs";
+pub const ANNOTATION_RETENTION_RING_SPANS: &str = "tracemesh.io/retention-ring-spans";
+pub const ANNOTATION_RESPONSE_CONTEXT: &str = "tracemesh.io/response-context";
+/// Largest ring an annotation may ask for (about 600 MiB at 568 bytes a record).
+pub const MAX_RETENTION_RING_SPANS: usize = 1 << 20;
 /// The volume that carries the reloadable config's ConfigMap into the sidecar.
 pub const CONFIG_VOLUME: &str = "tracemesh-config";
 /// Where the sidecar sees that ConfigMap; its keys are the file names below.
@@ -245,6 +251,8 @@ struct Settings {
     skip_outbound_cidrs: Vec<String>,
     config_map: Option<String>,
     trusted_cidrs: Vec<String>,
+    retention_ring_spans: Option<usize>,
+    response_context: Option<bool>,
 }
 
 /// Injects the sidecar into one pod (or pod template): `meta` is the pod template's metadata
@@ -423,6 +431,31 @@ fn resolve<'a>(
     };
     let skip_outbound_cidrs = cidrs(ANNOTATION_SKIP_OUTBOUND_CIDRS, &config.skip_outbound_cidrs)?;
     let trusted_cidrs = cidrs(ANNOTATION_TRUSTED_CIDRS, &config.trusted_cidrs)?;
+    let retention_ring_spans = match lookup(ANNOTATION_RETENTION_RING_SPANS) {
+        None => None,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_RETENTION_RING_SPANS).contains(&n) => Some(n),
+            _ => {
+                return Err(invalid(
+                    ANNOTATION_RETENTION_RING_SPANS,
+                    v,
+                    format!("expected a whole number in 1..={MAX_RETENTION_RING_SPANS}"),
+                ))
+            }
+        },
+    };
+    let response_context = match lookup(ANNOTATION_RESPONSE_CONTEXT) {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(v) => {
+            return Err(invalid(
+                ANNOTATION_RESPONSE_CONTEXT,
+                v,
+                "expected on or off",
+            ))
+        }
+    };
     let config_map = match lookup(ANNOTATION_CONFIG) {
         None => config.config_map.clone(),
         Some(v) => Some(check_config_map_name(v).map_err(|r| invalid(ANNOTATION_CONFIG, v, r))?),
@@ -436,6 +469,8 @@ fn resolve<'a>(
         skip_outbound_cidrs,
         config_map,
         trusted_cidrs,
+        retention_ring_spans,
+        response_context,
     })
 }
 
@@ -637,6 +672,15 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
     }
     if !s.trusted_cidrs.is_empty() {
         env_vars.push(env(ENV_TRUSTED_CIDRS, join(&s.trusted_cidrs)));
+    }
+    if let Some(n) = s.retention_ring_spans {
+        env_vars.push(env(ENV_RETENTION_RING_SPANS, n.to_string()));
+    }
+    if let Some(on) = s.response_context {
+        env_vars.push(env(
+            ENV_RESPONSE_CONTEXT,
+            if on { "on" } else { "off" }.to_owned(),
+        ));
     }
     let mut volume_mounts = None;
     if s.config_map.is_some() {

@@ -63,7 +63,7 @@ impl KeepReason {
 }
 
 /// Settings (flags `--retention*`, `--slow-*`, `--response-context`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetentionConfig {
     /// Record unsampled spans and keep errors, slow and downstream-kept traces.
     pub enabled: bool,
@@ -75,6 +75,8 @@ pub struct RetentionConfig {
     pub slow_floor: Duration,
     /// Answer kept requests with `traceresponse` / `server-timing` (off at the mesh's edge).
     pub response_context: bool,
+    /// New traces kept for a reason other than the head, per second (a token bucket).
+    pub keep_rate: f64,
 }
 
 impl Default for RetentionConfig {
@@ -85,6 +87,7 @@ impl Default for RetentionConfig {
             slow_threshold: None,
             slow_floor: DEFAULT_SLOW_FLOOR,
             response_context: true,
+            keep_rate: DEFAULT_KEEP_RATE,
         }
     }
 }
@@ -92,6 +95,7 @@ impl Default for RetentionConfig {
 /// 4.5 MiB of records (568 bytes each; `ring.rs` checks the size).
 pub const DEFAULT_RING_SPANS: usize = 8192;
 pub const DEFAULT_SLOW_FLOOR: Duration = Duration::from_millis(100);
+pub const DEFAULT_KEEP_RATE: f64 = 1000.0;
 
 /// One proxy's retention state.
 #[derive(Debug)]
@@ -100,6 +104,9 @@ pub struct Retention {
     ring: Ring,
     kept: KeptTraces,
     learner: SlowLearner,
+    /// New traces kept for a reason other than the head, per second: bounds what an error
+    /// storm, or a client replaying a kept trace ID, can make the proxy export (and scan).
+    limiter: crate::telemetry::sampling::limiter::RateLimiter,
 }
 
 impl Retention {
@@ -109,6 +116,9 @@ impl Retention {
             ring: Ring::new(config.ring_spans, workers.max(1)),
             kept: KeptTraces::new(4096),
             learner: SlowLearner::new(config.slow_floor),
+            limiter: crate::telemetry::sampling::limiter::RateLimiter::per_second(
+                config.keep_rate.max(0.001),
+            ),
         }
     }
 
@@ -127,10 +137,25 @@ impl Retention {
         self.ring.take_trace(trace, siblings);
     }
 
-    /// Parks a record that was not kept; returns whether an older, never-kept one was
-    /// overwritten to make room.
-    pub fn park(&self, record: SpanRecord) -> bool {
-        self.ring.push(record).is_some()
+    /// Parks a record that was not kept (see [`ring::Ring::push`]). Header values it holds are
+    /// copied first: a value parsed by hyper shares the whole request head's buffer, which the
+    /// ring must not keep alive; a `tracestate` over 512 bytes (the length W3C asks every hop
+    /// to propagate) is not kept.
+    pub fn park(&self, mut record: SpanRecord) -> ring::Pushed {
+        let own = |v: &HeaderValue| {
+            (v.len() <= 512)
+                .then(|| HeaderValue::from_bytes(v.as_bytes()).ok())
+                .flatten()
+        };
+        record.tracestate = record.tracestate.as_ref().and_then(own);
+        record.grpc_message = record.grpc_message.as_ref().and_then(own);
+        self.ring.push(record, |trace| self.kept.contains(trace))
+    }
+
+    /// Takes a token for keeping one more trace for a reason other than the head; `false` when
+    /// the per-second budget is spent.
+    pub fn may_keep(&self) -> bool {
+        self.limiter.try_acquire()
     }
 
     pub fn parked(&self) -> usize {

@@ -44,22 +44,21 @@ fn grpc_server_fault(code: i32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
-/// Whether the span failed, as deferred sampling keeps errors: a SERVER span that answered 5xx
-/// or a gRPC server fault, or that the proxy answered itself for a reason not the client's; a
-/// CLIENT span whose call failed, was cut off, got 5xx or any gRPC status but OK. The same
-/// judgement as [`status`], without allocating (and a CLIENT 4xx is the callee's answer, not a
-/// failed call, so it alone does not keep a trace).
+/// Whether the span failed, as deferred sampling keeps errors: a server's fault on either side
+/// of the call. A SERVER span that answered 5xx or a gRPC server fault, or that the proxy
+/// answered itself for a reason not the client's; a CLIENT span whose call failed, got 5xx or a
+/// gRPC server fault (NOT_FOUND or INVALID_ARGUMENT are answers, not failures, as a 4xx is),
+/// or was given up before any response came. Allocation-free.
 pub fn failed(r: &SpanRecord) -> bool {
     match &r.outcome {
         Outcome::Failed(e) => !(e.client_fault && r.kind == Direction::Inbound),
         Outcome::BodyError => true,
-        Outcome::Cancelled => r.kind == Direction::Outbound,
+        // Cut off before the response head: the app gave up waiting (a timeout of its own).
+        // After it (a cancelled stream, a hedged call): not a failure.
+        Outcome::Cancelled => r.kind == Direction::Outbound && r.status.is_none(),
         Outcome::Complete => {
             if let (true, Some(code)) = (r.grpc, r.grpc_status) {
-                return match r.kind {
-                    Direction::Inbound => grpc_server_fault(code),
-                    Direction::Outbound => code != 0,
-                };
+                return grpc_server_fault(code);
             }
             r.status.is_some_and(|s| s.is_server_error())
         }

@@ -26,7 +26,7 @@ use super::{
     retention::{self, KeepReason, Retention},
     sampling::{
         rules::{RequestFacts, Retain, Slow},
-        FORCE_TRACE,
+        Reason, FORCE_TRACE,
     },
     semconv, Failure, Outcome, SpanRecord, Telemetry,
 };
@@ -160,7 +160,9 @@ where
         let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
         // With deferred sampling every request is recorded: the decision to keep it can come
         // at its end, or later from a downstream hop.
-        let retained = telemetry.retention().is_some();
+        // A request the rules say never to sample (a probe, /metrics) is not recorded either:
+        // a failing readiness check must not fill the collector.
+        let retained = telemetry.retention().is_some() && decision.reason != Reason::Never;
         let record = ((sampled || retained) && telemetry.records()).then(|| {
             let headers = req.headers();
             SpanRecord {
@@ -217,6 +219,8 @@ where
             sampled,
             keep: None,
             retain,
+            head_after: None,
+            refused: false,
         });
 
         ResponseFuture {
@@ -227,16 +231,28 @@ where
 }
 
 /// Marks `trace` kept in this sidecar and exports the spans of it that ended unkept before
-/// (siblings of the span that decided), with the same reason.
-fn keep_trace(telemetry: &Telemetry, retention: &Retention, trace: TraceId, reason: KeepReason) {
+/// (siblings of the span that decided), with the same reason. A trace not yet kept here needs a
+/// token of `--retention-keep-rate`; without one, nothing is kept (`false`) and the count of
+/// keeps refused rises.
+fn keep_trace(
+    telemetry: &Telemetry,
+    retention: &Retention,
+    trace: TraceId,
+    reason: KeepReason,
+) -> bool {
     if retention.is_kept(trace) {
-        return; // already kept here: its parked spans went then
+        return true; // already kept here: its parked spans went then
+    }
+    if !retention.may_keep() {
+        telemetry.metrics().retention.limited.inc();
+        return false;
     }
     let mut siblings = Vec::new();
     retention.keep_trace(trace, &mut siblings);
     for record in siblings {
         telemetry.keep(record, reason);
     }
+    true
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -266,6 +282,10 @@ struct Pending {
     keep: Option<KeepReason>,
     /// What the retention rules say about this request's span.
     retain: Retain,
+    /// When the response head came, after the start.
+    head_after: Option<Duration>,
+    /// A keep at the head was refused by `--retention-keep-rate`.
+    refused: bool,
 }
 
 impl Pending {
@@ -287,11 +307,13 @@ impl Pending {
     }
 
     /// Deferred sampling at the response head: keep now if the span is head-sampled, failed,
-    /// is already slow, or a downstream hop kept its trace; a kept SERVER span answers with the
-    /// response context so the caller's sidecar keeps its CLIENT span too.
+    /// is slow (the time to the response head is what "slow" measures, so a long stream or a
+    /// slow reader is not), or a downstream hop kept its trace; a kept SERVER span answers with
+    /// the response context so the caller's sidecar keeps its CLIENT span too.
     fn decide_at_head(&mut self, headers: &mut HeaderMap) {
-        let telemetry = self.telemetry.clone();
-        let Some(retention) = telemetry.retention() else {
+        let elapsed = self.start.elapsed();
+        self.head_after = Some(elapsed);
+        let Some(retention) = self.telemetry.retention() else {
             return;
         };
         let Some(r) = self.record.as_ref() else {
@@ -302,7 +324,7 @@ impl Pending {
             Some(KeepReason::Head)
         } else if self.retain.errors && semconv::failed(r) {
             Some(KeepReason::Error)
-        } else if is_slow(retention, self.retain, r, self.start.elapsed()) {
+        } else if is_slow(retention, self.retain, r, elapsed) {
             Some(KeepReason::Slow)
         } else {
             let downstream = match kind {
@@ -311,12 +333,15 @@ impl Pending {
             };
             downstream.then_some(KeepReason::Downstream)
         };
-        if let Some(reason) = reason {
-            self.keep = Some(reason);
-            if reason != KeepReason::Head {
-                keep_trace(&telemetry, retention, trace, reason);
+        self.keep = match reason {
+            Some(KeepReason::Head) => Some(KeepReason::Head),
+            Some(other) => {
+                let kept = keep_trace(&self.telemetry, retention, trace, other);
+                self.refused = !kept;
+                kept.then_some(other)
             }
-        }
+            None => None,
+        };
         if kind == Direction::Inbound {
             if !retention.config.response_context {
                 retention::strip_response_context(headers);
@@ -353,21 +378,23 @@ impl Pending {
         let retention = self.telemetry.retention();
         let reason = match (retention, record.as_ref()) {
             (Some(retention), Some(r)) => {
-                retention.learner().observe(r.kind, r.route, duration);
+                // The learner, like the decision, sees the time to the response head.
+                if let Some(head) = self.head_after {
+                    retention.learner().observe(r.kind, r.route, head);
+                }
                 let head = self.sampled.then_some(KeepReason::Head);
                 self.keep.or(head).or_else(|| {
+                    // Late: a body that broke, a gRPC status in the trailers, a cancellation,
+                    // or a keep of its trace elsewhere in this sidecar since the head.
+                    // Refused at the head for want of a token: not asked again, only kept if its
+                    // trace was kept since (which costs no token).
                     let trace = r.context.trace_id;
-                    let late = if self.retain.errors && semconv::failed(r) {
+                    let late = if self.retain.errors && !self.refused && semconv::failed(r) {
                         Some(KeepReason::Error)
-                    } else if is_slow(retention, self.retain, r, duration) {
-                        Some(KeepReason::Slow)
                     } else {
                         retention.is_kept(trace).then_some(KeepReason::Downstream)
                     };
-                    if let Some(reason) = late {
-                        keep_trace(&self.telemetry, retention, trace, reason);
-                    }
-                    late
+                    late.filter(|reason| keep_trace(&self.telemetry, retention, trace, *reason))
                 })
             }
             _ => None,
@@ -412,8 +439,8 @@ impl Pending {
     }
 }
 
-/// Whether a span of `duration` is slow: over its retention rule's threshold, else over
-/// `--slow-threshold`, else over its route's learned one.
+/// Whether a span whose response head came after `duration` is slow: over its retention rule's
+/// threshold, else over `--slow-threshold`, else over its route's learned one.
 fn is_slow(retention: &Retention, retain: Retain, r: &SpanRecord, duration: Duration) -> bool {
     match (retain.slow, retention.config.slow_threshold) {
         (Slow::Never, _) => false,

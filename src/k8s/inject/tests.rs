@@ -332,6 +332,10 @@ fn invalid_annotations_are_rejected_without_mutation() {
         (ANNOTATION_CONFIG, "-bad"),
         (ANNOTATION_TRUSTED_CIDRS, "10.0.0.0/40"),
         (ANNOTATION_TRUSTED_CIDRS, "10.0.0.0/+8"),
+        (ANNOTATION_RETENTION_RING_SPANS, "0"),
+        (ANNOTATION_RETENTION_RING_SPANS, "lots"),
+        (ANNOTATION_RETENTION_RING_SPANS, "2000000"),
+        (ANNOTATION_RESPONSE_CONTEXT, "maybe"),
     ] {
         let (mut meta, mut spec) = pod(&[(key, value)]);
         let (meta0, spec0) = (meta.clone(), spec.clone());
@@ -446,6 +450,26 @@ fn a_pod_volume_named_like_ours_is_an_error_not_a_duplicate() {
     )
     .unwrap();
     assert_eq!(spec.volumes.as_ref().unwrap().len(), 1);
+}
+
+#[test]
+fn retention_annotations_set_the_ring_size_and_the_edge() {
+    let (_, spec, _) = inject(
+        &[
+            (ANNOTATION_RETENTION_RING_SPANS, "32768"),
+            (ANNOTATION_RESPONSE_CONTEXT, "off"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        env_value(proxy(&spec), ENV_RETENTION_RING_SPANS),
+        Some("32768")
+    );
+    assert_eq!(env_value(proxy(&spec), ENV_RESPONSE_CONTEXT), Some("off"));
+    let (_, spec, _) = inject(&[], &[]).unwrap();
+    assert_eq!(env_value(proxy(&spec), ENV_RETENTION_RING_SPANS), None);
+    assert_eq!(env_value(proxy(&spec), ENV_RESPONSE_CONTEXT), None);
 }
 
 #[test]

@@ -19,6 +19,15 @@ struct Shard {
     next: usize,
 }
 
+/// What became of a pushed record.
+#[derive(Debug)]
+pub enum Pushed {
+    /// In the ring; `overwritten` when a never-kept record made room for it.
+    Parked { overwritten: bool },
+    /// Its trace was kept meanwhile: export it.
+    Kept(Box<SpanRecord>),
+}
+
 /// A ring of at most `capacity` records, in `shards` shards.
 #[derive(Debug)]
 pub struct Ring {
@@ -45,17 +54,27 @@ impl Ring {
         }
     }
 
-    /// Stores `record`; returns the record it overwrote, which was never kept.
-    pub fn push(&self, record: SpanRecord) -> Option<SpanRecord> {
+    /// Stores `record` unless `kept_now` says, under the shard's lock, that its trace was kept
+    /// meanwhile (then the record comes back, to be exported). A keep decision marks the trace
+    /// kept before it scans the shards, so a record is either seen by that scan or sees the
+    /// mark: none is left behind by the race between the two.
+    pub fn push(&self, record: SpanRecord, kept_now: impl Fn(TraceId) -> bool) -> Pushed {
         let i = SHARD.with(Cell::get) % self.shards.len();
         let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        if kept_now(record.context.trace_id) {
+            return Pushed::Kept(Box::new(record));
+        }
         if shard.slots.len() < self.per_shard {
             shard.slots.push(Some(record));
-            return None;
+            return Pushed::Parked { overwritten: false };
         }
         let at = shard.next;
         shard.next = (at + 1) % self.per_shard;
-        shard.slots[at].replace(record)
+        let old = shard.slots[at].replace(record);
+        drop(shard);
+        Pushed::Parked {
+            overwritten: old.is_some(),
+        }
     }
 
     /// Takes every record of `trace` out of the ring, into `out`.
