@@ -165,35 +165,21 @@ impl Reloader {
         }
         let mut changed = false;
         if let Some(w) = self.rules.as_mut() {
-            if let Some(bytes) = take_changed(w, first.0, &self.metrics) {
-                match std::str::from_utf8(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| Rules::parse(text).map_err(|e| e.to_string()))
-                {
-                    Ok(rules) => {
-                        tracing::info!(file = %w.path.display(), rules = rules.len(), "sampling rules loaded");
-                        self.current_rules = rules;
-                        loaded(w, &bytes, &self.metrics);
-                        changed = true;
-                    }
-                    Err(e) => rejected(w, &e, &self.metrics),
-                }
+            if let Some(rules) = reload(w, first.0, &self.metrics, |t| {
+                Rules::parse(t).map_err(|e| e.to_string())
+            }) {
+                tracing::info!(file = %w.path.display(), rules = rules.len(), "sampling rules loaded");
+                self.current_rules = rules;
+                changed = true;
             }
         }
         if let Some(w) = self.routes.as_mut() {
-            if let Some(bytes) = take_changed(w, first.1, &self.metrics) {
-                match std::str::from_utf8(&bytes)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| Routes::parse_file(text).map_err(|e| e.to_string()))
-                {
-                    Ok(routes) => {
-                        tracing::info!(file = %w.path.display(), routes = routes.len(), "route templates loaded");
-                        self.current_file_routes = routes;
-                        loaded(w, &bytes, &self.metrics);
-                        changed = true;
-                    }
-                    Err(e) => rejected(w, &e, &self.metrics),
-                }
+            if let Some(routes) = reload(w, first.1, &self.metrics, |t| {
+                Routes::parse_file(t).map_err(|e| e.to_string())
+            }) {
+                tracing::info!(file = %w.path.display(), routes = routes.len(), "route templates loaded");
+                self.current_file_routes = routes;
+                changed = true;
             }
         }
         if changed {
@@ -261,6 +247,30 @@ fn take_changed(
                     metrics.reload_error(w.label);
                 }
             }
+            None
+        }
+    }
+}
+
+/// A new version of `w`'s file, parsed by `parse`: `Some` when its bytes changed and parse
+/// (counted as loaded), `None` when unchanged, unreadable or invalid (reported).
+fn reload<T>(
+    w: &mut Watched,
+    read: Option<std::io::Result<Vec<u8>>>,
+    metrics: &ConfigMetrics,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    let bytes = take_changed(w, read, metrics)?;
+    match std::str::from_utf8(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(parse)
+    {
+        Ok(value) => {
+            loaded(w, &bytes, metrics);
+            Some(value)
+        }
+        Err(e) => {
+            rejected(w, &e, metrics);
             None
         }
     }
