@@ -157,10 +157,6 @@ impl Retention {
     pub fn may_keep(&self) -> bool {
         self.limiter.try_acquire()
     }
-
-    pub fn parked(&self) -> usize {
-        self.ring.len()
-    }
 }
 
 /// The response context value for a kept span: `00-<trace>-<span>-01`.

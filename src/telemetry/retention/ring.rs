@@ -88,21 +88,6 @@ impl Ring {
             }
         }
     }
-
-    /// Records held now.
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let s = s.lock().unwrap_or_else(|e| e.into_inner());
-                s.slots.iter().filter(|r| r.is_some()).count()
-            })
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

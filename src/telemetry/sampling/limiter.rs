@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 /// At most `rate` acquisitions per second, with bursts of up to `burst`.
 #[derive(Debug)]
@@ -53,15 +53,12 @@ impl RateLimiter {
             }
         }
     }
-
-    /// The time between tokens.
-    pub fn interval(&self) -> Duration {
-        Duration::from_nanos(self.interval)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
