@@ -38,6 +38,8 @@ pub const ENV_SLOW_THRESHOLD: &str = "TRACEMESH_SLOW_THRESHOLD";
 pub const ENV_SLOW_FLOOR: &str = "TRACEMESH_SLOW_FLOOR";
 pub const ENV_RESPONSE_CONTEXT: &str = "TRACEMESH_RESPONSE_CONTEXT";
 pub const ENV_RETENTION_KEEP_RATE: &str = "TRACEMESH_RETENTION_KEEP_RATE";
+pub const ENV_RETENTION_KEPT_TRACES: &str = "TRACEMESH_RETENTION_KEPT_TRACES";
+pub const ENV_RETENTION_KEPT_TTL: &str = "TRACEMESH_RETENTION_KEPT_TTL";
 pub const ENV_DISABLE_RED_METRICS: &str = "TRACEMESH_DISABLE_RED_METRICS";
 
 pub const ENV_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
@@ -204,6 +206,14 @@ pub struct ProxyArgs {
     /// what an error storm, or a client replaying a kept trace ID, can make the proxy export.
     #[arg(long, env = ENV_RETENTION_KEEP_RATE, default_value_t = crate::telemetry::retention::DEFAULT_KEEP_RATE, value_parser = parse_rate)]
     pub retention_keep_rate: f64,
+    /// Traces the sidecar remembers as kept at once (16 bytes each), so that a SERVER span is
+    /// kept when one of its outbound calls was.
+    #[arg(long, env = ENV_RETENTION_KEPT_TRACES, default_value_t = crate::telemetry::retention::kept::SLOTS, value_parser = parse_kept_traces)]
+    pub retention_kept_traces: usize,
+    /// How long a kept trace is remembered: the longest a request may outlive the outbound call
+    /// that kept its trace and still be kept.
+    #[arg(long, env = ENV_RETENTION_KEPT_TTL, default_value = "30s", value_parser = parse_timeout)]
+    pub retention_kept_ttl: Duration,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
@@ -220,6 +230,14 @@ fn parse_route(s: &str) -> Result<String, String> {
 }
 
 /// A rate per second: a number of at least 0.001.
+fn parse_kept_traces(s: &str) -> Result<usize, String> {
+    const MAX: usize = 1 << 24;
+    match s.parse::<usize>() {
+        Ok(n) if (2..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: expected a whole number in 2..={MAX}")),
+    }
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(r) if r.is_finite() && r >= 0.001 => Ok(r),
@@ -314,6 +332,8 @@ impl ProxyArgs {
             slow_floor: self.slow_floor,
             response_context: self.response_context,
             keep_rate: self.retention_keep_rate,
+            kept_traces: self.retention_kept_traces,
+            kept_ttl: self.retention_kept_ttl,
         }
     }
 

@@ -510,3 +510,128 @@ async fn response_headers_have_the_exact_format_and_the_edge_strips_them() {
     // Still kept and exported: only the headers are withheld.
     otlp.wait_for_spans(2, DEADLINE).await;
 }
+
+/// A gRPC status in the trailers (not trailers-only) is known only after the response head has
+/// gone: a SERVER span kept then tells its caller in the trailers, and a caller's sidecar reads
+/// the response context from the trailers too, for the right trace only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_made_after_the_head_travels_in_the_grpc_trailers() {
+    use http::{HeaderMap, HeaderValue, Method};
+    use http_body::Frame;
+    use support::{
+        body,
+        grpc::{GrpcServer, ECHO_SERVER_STREAM},
+        serve,
+    };
+
+    let otlp = OtlpReceiver::start_grpc().await;
+
+    // The SERVER side: one message, then UNAVAILABLE in the trailers.
+    let grpc = GrpcServer::start().await;
+    let backend = sidecar(&otlp, "backend", "0")
+        .arg("--app-addr")
+        .arg(grpc.addr().to_string())
+        .start()
+        .await;
+    let lines = b"ok\nfail:14";
+    let mut message = vec![0u8];
+    message.extend_from_slice(&(lines.len() as u32).to_be_bytes());
+    message.extend_from_slice(lines);
+    let reply = client::h2c_request(
+        backend.inbound(),
+        Method::POST,
+        ECHO_SERVER_STREAM,
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        body::full(message),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        !reply.headers.contains_key("traceresponse"),
+        "not kept at the head: {:?}",
+        reply.headers
+    );
+    let trailers = reply.trailers.expect("a gRPC response with trailers");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    assert_eq!(
+        trailers["grpc-message"], "asked%20to%20fail",
+        "{trailers:?}"
+    );
+    let spans = otlp.wait_for_spans(1, DEADLINE).await;
+    let server = &spans[0];
+    assert_eq!(server.kind, SpanKind::Server);
+    assert_eq!(reason(server), Some("error"), "{}", tree(&spans));
+    let expected = format!("00-{}-{}-01", server.trace_id, server.span_id);
+    assert_eq!(trailers["traceresponse"], expected.as_str(), "{trailers:?}");
+    assert_eq!(
+        trailers["server-timing"],
+        format!("trace;desc={expected}").as_str()
+    );
+    otlp.clear();
+
+    // The CLIENT side: an upstream that answers OK with a response context in its trailers,
+    // for the request's own trace or, when asked, for another one.
+    let upstream = serve::serve_http(
+        serve::bind_loopback().await,
+        hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+            let tp = req.headers()["traceparent"].to_str().unwrap().to_owned();
+            let trace = if req.uri().path() == "/other" {
+                "0af7651916cd43dd8448eb211c80319c".to_owned()
+            } else {
+                tp[3..35].to_owned()
+            };
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            trailers.insert(
+                "traceresponse",
+                HeaderValue::from_str(&format!("00-{trace}-00f067aa0ba902b7-01")).unwrap(),
+            );
+            let frames = vec![
+                Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from_static(
+                    b"\0\0\0\0\x02ok",
+                ))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap(),
+            )
+        }),
+    );
+    let out = reserve_outbound();
+    let caller = sidecar(&otlp, "caller", "0").args(out.flag()).start().await;
+    let call = |path: &'static str| {
+        let url = format!("http://{}{path}", upstream.addr());
+        let outbound = caller.outbound();
+        async move {
+            client::h2c_request(
+                outbound,
+                Method::POST,
+                &url,
+                &[("content-type", "application/grpc"), ("te", "trailers")],
+                body::full(&b"\0\0\0\0\x02hi"[..]),
+            )
+            .await
+        }
+    };
+    // Another trace's context is no signal; the request's own is.
+    let other = call("/other").await;
+    assert_eq!(other.trailers.unwrap()["grpc-status"], "0");
+    let own = call("/own").await;
+    assert_eq!(own.trailers.unwrap()["grpc-status"], "0");
+    let spans = otlp.wait_for_spans(1, DEADLINE).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spans_now = otlp.spans();
+    assert_eq!(spans_now.len(), 1, "{}", tree(&spans_now));
+    let client_span = &spans[0];
+    assert_eq!(client_span.kind, SpanKind::Client);
+    assert_eq!(
+        client_span.attr_str("url.path"),
+        Some("/own"),
+        "{client_span:#?}"
+    );
+    assert_eq!(reason(client_span), Some("downstream"), "{}", tree(&spans));
+}

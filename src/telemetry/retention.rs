@@ -9,7 +9,9 @@
 //!
 //! The decision travels back up the path in the response: a kept SERVER span answers with the
 //! W3C response context (`traceresponse: 00-<trace>-<span>-01`, and the Level 3 draft's
-//! `server-timing: trace;desc=…`), which the caller's sidecar reads on its CLIENT span. Between
+//! `server-timing: trace;desc=…`), which the caller's sidecar reads on its CLIENT span; a
+//! decision made after the head went (a gRPC status in the trailers) travels in the trailers,
+//! where the caller's sidecar looks too. Between
 //! an outbound call and the inbound request it serves, the app forwards no response headers, so
 //! the sidecar remembers which traces it kept ([`kept`]) and keeps the SERVER span of such a
 //! trace when it ends.
@@ -77,6 +79,11 @@ pub struct RetentionConfig {
     pub response_context: bool,
     /// New traces kept for a reason other than the head, per second (a token bucket).
     pub keep_rate: f64,
+    /// Traces the kept table can remember at once.
+    pub kept_traces: usize,
+    /// How long a kept trace is remembered: the longest a SERVER span may outlive the outbound
+    /// call that kept its trace and still be kept.
+    pub kept_ttl: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -88,6 +95,8 @@ impl Default for RetentionConfig {
             slow_floor: DEFAULT_SLOW_FLOOR,
             response_context: true,
             keep_rate: DEFAULT_KEEP_RATE,
+            kept_traces: kept::SLOTS,
+            kept_ttl: kept::TTL,
         }
     }
 }
@@ -114,7 +123,7 @@ impl Retention {
         Retention {
             config,
             ring: Ring::new(config.ring_spans, workers.max(1)),
-            kept: KeptTraces::new(4096),
+            kept: KeptTraces::new(config.kept_traces, config.kept_ttl),
             learner: SlowLearner::new(config.slow_floor),
             limiter: crate::telemetry::sampling::limiter::RateLimiter::per_second(
                 config.keep_rate.max(0.001),

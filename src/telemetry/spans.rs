@@ -221,6 +221,7 @@ where
             retain,
             head_after: None,
             refused: false,
+            kept_in_trailers: false,
         });
 
         ResponseFuture {
@@ -286,6 +287,9 @@ struct Pending {
     head_after: Option<Duration>,
     /// A keep at the head was refused by `--retention-keep-rate`.
     refused: bool,
+    /// The response's trailers carried a kept response context for this trace (a hop that
+    /// decided after its response head had gone).
+    kept_in_trailers: bool,
 }
 
 impl Pending {
@@ -364,7 +368,35 @@ impl Pending {
         }
     }
 
-    fn finish(self, outcome: Option<Outcome>) {
+    /// The span ends at the response's trailers (a gRPC status that was not trailers-only):
+    /// they may carry the status, and a downstream keep decided after the head. A kept SERVER
+    /// span whose caller was not told at the head is told here: the response context goes into
+    /// the trailers, which the caller's sidecar reads on its CLIENT span.
+    fn finish_at_trailers(mut self, trailers: &mut HeaderMap) {
+        self.observe_trailers(trailers);
+        let told_at_head = self.keep.is_some();
+        let (Some(retention), Some(r)) = (self.telemetry.retention(), self.record.as_ref()) else {
+            self.finish(None);
+            return;
+        };
+        let (trace, span, kind) = (r.context.trace_id, r.context.span_id, r.kind);
+        let response_context = retention.config.response_context;
+        if kind == Direction::Outbound {
+            self.kept_in_trailers = retention::downstream_kept(trailers, trace);
+        }
+        let kept = self.finish(None);
+        if kind == Direction::Inbound {
+            if !response_context {
+                retention::strip_response_context(trailers);
+            } else if kept.is_some() && !told_at_head {
+                retention::write_response_context(trailers, trace, span);
+            }
+        }
+    }
+
+    /// Ends the span: decides whether it is kept (and returns why), observes RED, and exports
+    /// or parks the record.
+    fn finish(self, outcome: Option<Outcome>) -> Option<KeepReason> {
         let duration = self.start.elapsed();
         let mut record = self.record.map(|mut r| {
             r.duration = duration;
@@ -392,7 +424,8 @@ impl Pending {
                     let late = if self.retain.errors && !self.refused && semconv::failed(r) {
                         Some(KeepReason::Error)
                     } else {
-                        retention.is_kept(trace).then_some(KeepReason::Downstream)
+                        (self.kept_in_trailers || retention.is_kept(trace))
+                            .then_some(KeepReason::Downstream)
                     };
                     late.filter(|reason| keep_trace(&self.telemetry, retention, trace, *reason))
                 })
@@ -428,7 +461,7 @@ impl Pending {
             }
         }
         let Some(record) = record.take() else {
-            return;
+            return reason;
         };
         match (retention, reason) {
             // Without deferred sampling only head-sampled spans are recorded.
@@ -436,6 +469,7 @@ impl Pending {
             (Some(_), Some(reason)) => self.telemetry.keep(record, reason),
             (Some(_), None) => self.telemetry.park(record),
         }
+        reason
     }
 }
 
@@ -542,13 +576,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        match &frame {
+        let mut frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &mut frame {
             Some(Ok(f)) => {
-                if let Some(trailers) = f.trailers_ref() {
-                    if let Some(mut p) = this.span.take() {
-                        p.observe_trailers(trailers);
-                        p.finish(None);
+                if let Some(trailers) = f.trailers_mut() {
+                    if let Some(p) = this.span.take() {
+                        p.finish_at_trailers(trailers);
                     }
                 } else if this.inner.is_end_stream() {
                     if let Some(p) = this.span.take() {

@@ -18,19 +18,23 @@ use crate::context::TraceId;
 /// Slots a trace may occupy.
 const WAYS: usize = 4;
 
-/// How long a kept trace is remembered.
+/// How long a kept trace is remembered by default (`--retention-kept-ttl`).
 pub const TTL: Duration = Duration::from_secs(30);
+/// Slots by default (`--retention-kept-traces`): 64 KiB.
+pub const SLOTS: usize = 4096;
 
 #[derive(Debug)]
 pub struct KeptTraces {
     slots: Box<[(AtomicU64, AtomicU64)]>,
     mask: usize,
     base: Instant,
+    ttl_ms: u64,
 }
 
 impl KeptTraces {
-    /// A table of `slots` entries, rounded up to a power of two.
-    pub fn new(slots: usize) -> Self {
+    /// A table of `slots` entries (rounded up to a power of two) that remembers a trace for
+    /// `ttl`.
+    pub fn new(slots: usize, ttl: Duration) -> Self {
         let n = slots.max(2).next_power_of_two();
         KeptTraces {
             slots: (0..n)
@@ -38,6 +42,7 @@ impl KeptTraces {
                 .collect(),
             mask: n - 1,
             base: Instant::now(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
@@ -57,11 +62,11 @@ impl KeptTraces {
         (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask
     }
 
-    /// Remembers `trace` as kept for [`TTL`].
+    /// Remembers `trace` as kept for the table's TTL.
     pub fn insert(&self, trace: TraceId) {
         let key = Self::key(trace);
         let now = self.now_ms();
-        let expires = now + TTL.as_millis() as u64;
+        let expires = now.saturating_add(self.ttl_ms);
         let first = self.index(key);
         let usable = |i: &usize| {
             let (k, e) = &self.slots[*i];
@@ -77,7 +82,7 @@ impl KeptTraces {
         k.store(key, Ordering::Release);
     }
 
-    /// Whether `trace` was kept within [`TTL`].
+    /// Whether `trace` was kept within the TTL.
     pub fn contains(&self, trace: TraceId) -> bool {
         let key = Self::key(trace);
         let now = self.now_ms();
@@ -95,20 +100,22 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn remembers_for_the_ttl_and_not_longer() {
-        let kept = KeptTraces::new(64);
-        let a = TraceId::random();
-        assert!(!kept.contains(a));
-        kept.insert(a);
-        assert!(kept.contains(a));
-        tokio::time::advance(TTL - Duration::from_millis(1)).await;
-        assert!(kept.contains(a));
-        tokio::time::advance(Duration::from_millis(2)).await;
-        assert!(!kept.contains(a));
+        for ttl in [TTL, Duration::from_secs(2)] {
+            let kept = KeptTraces::new(64, ttl);
+            let a = TraceId::random();
+            assert!(!kept.contains(a));
+            kept.insert(a);
+            assert!(kept.contains(a));
+            tokio::time::advance(ttl - Duration::from_millis(1)).await;
+            assert!(kept.contains(a));
+            tokio::time::advance(Duration::from_millis(2)).await;
+            assert!(!kept.contains(a));
+        }
     }
 
     #[test]
     fn holds_many_traces_and_never_reports_one_it_did_not_keep() {
-        let kept = KeptTraces::new(4096);
+        let kept = KeptTraces::new(SLOTS, TTL);
         // Fixed IDs (splitmix64), so the outcome is the same every run.
         let id = |i: u64| {
             let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
