@@ -10,6 +10,8 @@
 # - util-linux's prlimit: tests/admin.rs runs the proxy under a low file descriptor limit.
 # - prometheus (Debian's package): tests/prometheus.rs runs a real Prometheus against a proxy.
 #   The test starts its own instance on 127.0.0.1; the package's service is never started.
+# - chromium (Debian's package): tests/debug_traces.rs loads /debug/traces in headless
+#   Chromium over the DevTools protocol.
 set -euo pipefail
 
 # The prometheus-client release tests/peers/parse_exposition.py is written against.
@@ -28,6 +30,7 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -5,6 +5,8 @@
 //!   (readiness probe: Kubernetes stops routing to a draining pod).
 //! - `GET /metrics`: [`crate::metrics::Metrics`]: OpenMetrics 1.0 with exemplars when `Accept`
 //!   asks for `application/openmetrics-text`, else the classic Prometheus text format.
+//! - `GET /debug/traces`, `/debug/traces/<trace-id>`, `/debug/traces.json`: recent traces as
+//!   waterfalls ([`traces`]; off with `--debug-traces off`).
 //!
 //! Anything else is 404. The admin listener is plain HTTP/1.1 and is not traced.
 //!
@@ -31,6 +33,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+
+pub mod traces;
+
+pub use self::traces::DebugTraces;
 
 /// Readiness, flipped by the proxy's lifecycle.
 #[derive(Clone, Default)]
@@ -75,8 +81,10 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     ready: Readiness,
+    debug: Option<DebugTraces>,
     shutdown: CancellationToken,
 ) {
+    let debug = debug.map(Arc::new);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (mut saturated, mut accept_errors) = (Throttled::default(), Throttled::default());
     loop {
@@ -113,12 +121,14 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let debug = debug.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 let ready = ready.clone();
-                async move { Ok::<_, Infallible>(respond(req, metrics, ready).await) }
+                let debug = debug.clone();
+                async move { Ok::<_, Infallible>(respond(req, metrics, ready, debug).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -156,7 +166,12 @@ impl Throttled {
     }
 }
 
-async fn respond<B>(req: Request<B>, metrics: Metrics, ready: Readiness) -> Response<Full<Bytes>> {
+async fn respond<B>(
+    req: Request<B>,
+    metrics: Metrics,
+    ready: Readiness,
+    debug: Option<Arc<DebugTraces>>,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -164,6 +179,9 @@ async fn respond<B>(req: Request<B>, metrics: Metrics, ready: Readiness) -> Resp
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if let Some(rsp) = traces::respond(req.uri().path(), debug.as_deref()) {
+        return rsp;
     }
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n"),

@@ -38,6 +38,10 @@ pub const ENV_SLOW_THRESHOLD: &str = "TRACEMESH_SLOW_THRESHOLD";
 pub const ENV_SLOW_FLOOR: &str = "TRACEMESH_SLOW_FLOOR";
 pub const ENV_RESPONSE_CONTEXT: &str = "TRACEMESH_RESPONSE_CONTEXT";
 pub const ENV_RETENTION_KEEP_RATE: &str = "TRACEMESH_RETENTION_KEEP_RATE";
+pub const ENV_ACCESS_LOG: &str = "TRACEMESH_ACCESS_LOG";
+pub const ENV_DEBUG_TRACES: &str = "TRACEMESH_DEBUG_TRACES";
+pub const ENV_DEBUG_TRACES_SPANS: &str = "TRACEMESH_DEBUG_TRACES_SPANS";
+pub const ENV_ROUTE_LEARN_LIMIT: &str = "TRACEMESH_ROUTE_LEARN_LIMIT";
 pub const ENV_RETENTION_KEPT_TRACES: &str = "TRACEMESH_RETENTION_KEPT_TRACES";
 pub const ENV_RETENTION_KEPT_TTL: &str = "TRACEMESH_RETENTION_KEPT_TTL";
 pub const ENV_DISABLE_RED_METRICS: &str = "TRACEMESH_DISABLE_RED_METRICS";
@@ -214,6 +218,21 @@ pub struct ProxyArgs {
     /// that kept its trace and still be kept.
     #[arg(long, env = ENV_RETENTION_KEPT_TTL, default_value = "30s", value_parser = parse_timeout)]
     pub retention_kept_ttl: Duration,
+    /// Route templates inferred at most for paths no `--route` matches (segments that look like
+    /// identifiers become `{id}`); past it, new shapes share `_unmatched`. `0`: no inference.
+    #[arg(long, env = ENV_ROUTE_LEARN_LIMIT, default_value_t = crate::telemetry::autoroute::DEFAULT_LIMIT)]
+    pub route_learn_limit: usize,
+    /// `json`: one JSON line per request on stdout, with its trace and span IDs; written off
+    /// the request path, lines dropped (and counted) when stdout does not keep up.
+    #[arg(long, env = ENV_ACCESS_LOG, default_value = "off", value_parser = parse_access_log, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// `/debug/traces` on the admin listener: the spans this proxy exported most recently, as
+    /// waterfalls (HTML) and JSON. `off` removes the page and its memory.
+    #[arg(long, env = ENV_DEBUG_TRACES, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub debug_traces: bool,
+    /// Spans `/debug/traces` holds (about 570 bytes each); the oldest make room.
+    #[arg(long, env = ENV_DEBUG_TRACES_SPANS, default_value_t = crate::telemetry::store::DEFAULT_SPANS)]
+    pub debug_traces_spans: usize,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
@@ -246,6 +265,14 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 /// `on` / `off` (also `true` / `false`).
+fn parse_access_log(s: &str) -> Result<bool, String> {
+    match s {
+        "json" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{s:?}: expected json or off")),
+    }
+}
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s.trim() {
         "on" | "true" => Ok(true),
@@ -334,6 +361,14 @@ impl ProxyArgs {
             keep_rate: self.retention_keep_rate,
             kept_traces: self.retention_kept_traces,
             kept_ttl: self.retention_kept_ttl,
+        }
+    }
+
+    pub fn observe(&self) -> crate::telemetry::ObserveConfig {
+        crate::telemetry::ObserveConfig {
+            route_learn_limit: self.route_learn_limit,
+            access_log: self.access_log,
+            debug_traces: self.debug_traces.then_some(self.debug_traces_spans.max(1)),
         }
     }
 

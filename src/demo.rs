@@ -244,6 +244,7 @@ impl Service {
                 slow_threshold: Some(Duration::from_millis(200)),
                 ..Default::default()
             },
+            observe: Default::default(),
             red_metrics: true,
             opaque_ports: Vec::new(),
             // Nothing routes to the demo's proxies through a load balancer: stop at once.

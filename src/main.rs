@@ -220,6 +220,7 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
             },
             trusted_cidrs: args.trusted_cidrs.clone(),
             retention: args.retention(),
+            observe: args.observe(),
             red_metrics: !args.disable_red_metrics,
             opaque_ports: args.opaque_ports.clone(),
             drain_delay: args.drain_delay,

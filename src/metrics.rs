@@ -95,6 +95,12 @@ struct ConfigLoadedLabels {
     sha256: String,
 }
 
+/// The inbound route a propagation gap is counted under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -155,6 +161,10 @@ pub struct Metrics {
     pub export: ExportMetrics,
     pub config: ConfigMetrics,
     pub retention: RetentionMetrics,
+    /// Access-log lines dropped because stdout did not keep up.
+    pub access_log_dropped: Counter,
+    /// Outbound calls without trace context while inbound requests were in flight.
+    pub propagation_gaps: Family<RouteLabels, Counter>,
     invalid_headers: Family<InvalidHeaderLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
 }
@@ -272,6 +282,21 @@ impl Metrics {
             limited,
         };
 
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "tracemesh_access_log_dropped",
+            "Access-log lines dropped because stdout did not keep up (the request was served)",
+            access_log_dropped.clone(),
+        );
+
+        let propagation_gaps = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "tracemesh_propagation_gaps",
+            "Outbound calls the app made without trace context while inbound requests were in \
+             flight, by the inbound route (_several: requests of different routes were in flight)",
+            propagation_gaps.clone(),
+        );
+
         let conn = |dir| {
             let l = DirectionLabels { direction: dir };
             ConnectionMetrics {
@@ -288,6 +313,8 @@ impl Metrics {
             export,
             config,
             retention,
+            access_log_dropped,
+            propagation_gaps,
             invalid_headers,
             refused,
             registry: Arc::new(registry),

@@ -72,6 +72,8 @@ pub struct ProxyConfig {
     pub trusted_cidrs: Vec<ipnet::IpNet>,
     /// Deferred sampling: keep errors, slow and downstream-kept traces.
     pub retention: crate::telemetry::retention::RetentionConfig,
+    /// Route inference, access log, debug traces.
+    pub observe: crate::telemetry::ObserveConfig,
     pub red_metrics: bool,
     /// Destination ports relayed as opaque TCP without detection (server-first protocols).
     pub opaque_ports: Vec<u16>,
@@ -516,10 +518,19 @@ pub async fn start(
             .await;
     let (telemetry, export) = crate::telemetry::start(
         telemetry_config,
-        config.propagators,
-        policy,
-        config.trusted_cidrs.clone().into(),
-        crate::telemetry::retention::Retention::new(config.retention, config.workers),
+        crate::telemetry::Setup {
+            sampler: crate::telemetry::Sampler::new(
+                telemetry_config.sampler,
+                config.trusted_cidrs.clone().into(),
+            ),
+            propagators: config.propagators,
+            policy,
+            retention: crate::telemetry::retention::Retention::new(
+                config.retention,
+                config.workers,
+            ),
+            observe: config.observe,
+        },
         metrics.clone(),
         exporter,
     );
@@ -550,10 +561,16 @@ pub async fn start(
     let admin_stop = CancellationToken::new();
     let ready = crate::admin::Readiness::default();
     tokio::spawn(reloader.run(admin_stop.clone()));
+    let debug = export.store().map(|store| crate::admin::DebugTraces {
+        store: store.clone(),
+        gaps: shared.telemetry.gaps().clone(),
+        service: Arc::from(telemetry_config.service_name()),
+    });
     tokio::spawn(crate::admin::serve(
         listeners.admin,
         metrics,
         ready.clone(),
+        debug,
         admin_stop.clone(),
     ));
     let tracker = TaskTracker::new();

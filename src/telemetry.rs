@@ -10,15 +10,20 @@
 //! Not owned here: header formats ([`crate::context`]) and the metric registry
 //! ([`crate::metrics`]).
 
+pub mod access_log;
+pub mod autoroute;
 pub mod encode;
 pub mod export;
+pub mod gaps;
 pub mod policy;
 pub mod retention;
 pub mod sampling;
 pub mod semconv;
 pub mod spans;
+pub mod store;
 pub mod text;
 pub mod transport;
+pub mod waterfall;
 
 use std::{
     net::SocketAddr,
@@ -69,6 +74,9 @@ pub struct SpanRecord {
     /// Why the span is exported (`tracemesh.sampling.reason`); `None` while undecided, and for
     /// proxies without retention.
     pub reason: Option<retention::KeepReason>,
+    /// An inferred link (`tracemesh.link.inferred`): the SERVER span this new root's call
+    /// probably serves, when the app dropped its context ([`gaps`]).
+    pub link: Option<SpanContext>,
 }
 
 /// Why the proxy answered a request itself, as spans and metrics see it. The proxy's rescue
@@ -111,6 +119,49 @@ struct TelemetryInner {
     metrics: Metrics,
     /// Deferred sampling; `None` when off or when spans go nowhere.
     retention: Option<retention::Retention>,
+    /// Route names inferred for paths no configured template matches.
+    learned_routes: autoroute::RouteLearner,
+    /// `--access-log json`.
+    access_log: Option<access_log::AccessLog>,
+    /// In-flight inbound requests, for propagation-gap detection.
+    gaps: Arc<gaps::Gaps>,
+}
+
+/// A request's body bytes sent on, counted by the forwarder: the span layer puts one in the
+/// request's extensions when the access log wants the figure.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBytes(pub Arc<std::sync::atomic::AtomicU64>);
+
+impl RequestBytes {
+    pub fn add(&self, n: usize) {
+        self.0
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// What the proxy does to make traces easy to find and read, beyond exporting them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObserveConfig {
+    /// Route templates inferred at most (`--route-learn-limit`; 0: none).
+    pub route_learn_limit: usize,
+    /// `--access-log json`: a JSON line per request on stdout.
+    pub access_log: bool,
+    /// `/debug/traces`, holding this many spans (`None`: off).
+    pub debug_traces: Option<usize>,
+}
+
+impl Default for ObserveConfig {
+    fn default() -> Self {
+        ObserveConfig {
+            route_learn_limit: autoroute::DEFAULT_LIMIT,
+            access_log: false,
+            debug_traces: Some(store::DEFAULT_SPANS),
+        }
+    }
 }
 
 /// The sending end of the export queue. The export task is woken when a batch's worth is
@@ -132,6 +183,7 @@ impl Telemetry {
         queue: Option<SpanQueue>,
         metrics: Metrics,
         retention: Option<retention::Retention>,
+        observe: ObserveConfig,
     ) -> Self {
         let retention = retention.filter(|r| r.config.enabled && queue.is_some());
         Telemetry(Arc::new(TelemetryInner {
@@ -139,9 +191,44 @@ impl Telemetry {
             propagators,
             policy,
             queue,
-            metrics,
             retention,
+            learned_routes: autoroute::RouteLearner::new(observe.route_learn_limit),
+            access_log: observe.access_log.then(|| {
+                access_log::AccessLog::start(
+                    Box::new(std::io::stdout()),
+                    access_log::QUEUE,
+                    metrics.access_log_dropped.clone(),
+                )
+            }),
+            gaps: Arc::new(gaps::Gaps::new(metrics.propagation_gaps.clone())),
+            metrics,
         }))
+    }
+
+    /// Propagation-gap detection.
+    pub fn gaps(&self) -> &Arc<gaps::Gaps> {
+        &self.0.gaps
+    }
+
+    /// The access log, when on.
+    pub fn access_log(&self) -> Option<&access_log::AccessLog> {
+        self.0.access_log.as_ref()
+    }
+
+    /// The route for `path`: with templates configured, the first that matches (else
+    /// `_unmatched`: the operator's templates are the whole label set); with none, a template
+    /// inferred from the path. gRPC paths are not inferred: the method names them, and RED
+    /// bounds those itself.
+    pub fn route(
+        &self,
+        routes: &crate::config::routes::Routes,
+        path: &str,
+        grpc: bool,
+    ) -> Option<crate::config::routes::Route> {
+        if !routes.is_empty() || grpc {
+            return routes.route(path);
+        }
+        self.0.learned_routes.route(path)
     }
 
     /// Deferred sampling, when on.
@@ -229,9 +316,15 @@ pub struct ExportHandle {
     task: Option<tokio::task::JoinHandle<()>>,
     stop: tokio_util::sync::CancellationToken,
     flush_timeout: Duration,
+    store: Option<Arc<store::TraceStore>>,
 }
 
 impl ExportHandle {
+    /// The spans `/debug/traces` shows, when it is on and spans are exported.
+    pub fn store(&self) -> Option<&Arc<store::TraceStore>> {
+        self.store.as_ref()
+    }
+
     /// Flushes queued spans (bounded by the export timeout, plus a second) and stops.
     pub async fn shutdown(self) {
         self.stop.cancel();
@@ -246,38 +339,52 @@ impl ExportHandle {
     }
 }
 
+/// What [`start`] builds the telemetry handle from, besides its configuration.
+pub struct Setup {
+    pub sampler: Sampler,
+    pub propagators: Propagators,
+    pub policy: PolicyHandle,
+    pub retention: retention::Retention,
+    pub observe: ObserveConfig,
+}
+
 /// Builds the telemetry handle and starts the export task (if `exporter` is `Some`). Must run
-/// inside the Tokio runtime. `trusted` are the sources whose force-trace header is honoured.
+/// inside the Tokio runtime.
 pub fn start(
     config: &crate::config::TelemetryConfig,
-    propagators: Propagators,
-    policy: PolicyHandle,
-    trusted: Arc<[ipnet::IpNet]>,
-    retention: retention::Retention,
+    setup: Setup,
     metrics: Metrics,
     exporter: Option<Exporter>,
 ) -> (Telemetry, ExportHandle) {
     let stop = tokio_util::sync::CancellationToken::new();
+    // `/debug/traces` reads what export sees: with nothing exported, there is nothing to show.
+    let store = exporter
+        .as_ref()
+        .and(setup.observe.debug_traces)
+        .map(|spans| Arc::new(store::TraceStore::new(spans)));
     let (queue, task) = match exporter {
         Some(exporter) => {
-            let (tx, task) = ExportTask::new(config, exporter, metrics.export.clone());
+            let (tx, mut task) = ExportTask::new(config, exporter, metrics.export.clone());
+            task.store = store.clone();
             let task = tokio::spawn(task.run(stop.clone()));
             (Some(tx), Some(task))
         }
         None => (None, None),
     };
     let telemetry = Telemetry::new(
-        Sampler::new(config.sampler, trusted),
-        propagators,
-        policy,
+        setup.sampler,
+        setup.propagators,
+        setup.policy,
         queue,
         metrics,
-        Some(retention),
+        Some(setup.retention),
+        setup.observe,
     );
     let handle = ExportHandle {
         task,
         stop,
         flush_timeout: config.export_timeout + Duration::from_secs(1),
+        store,
     };
     (telemetry, handle)
 }

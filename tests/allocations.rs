@@ -192,6 +192,7 @@ fn a_traced_http1_request_allocates_at_most_a_bounded_number_of_times() {
         },
         trusted_cidrs: Vec::new(),
         retention: Default::default(),
+        observe: Default::default(),
         red_metrics: true,
         opaque_ports: Vec::new(),
         drain_delay: Duration::ZERO,

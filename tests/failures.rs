@@ -391,6 +391,6 @@ async fn client_that_gives_up_before_the_response_is_recorded_as_cancelled() {
     assert_eq!(span.attr_int("http.response.status_code"), None);
     // Not the server's fault: the span says why but is not an error.
     assert_eq!(span.status_code, SpanStatus::Unset, "{span:?}");
-    let series = "tracemesh_requests_total{direction=\"inbound\",method=\"GET\",status_code=\"0\",error_type=\"cancelled\"}";
+    let series = "tracemesh_requests_total{direction=\"inbound\",method=\"GET\",status_code=\"0\",route=\"/slow\",error_type=\"cancelled\"}";
     assert_eq!(p.wait_for_series(series, |v| v >= 1.0).await, 1.0);
 }

@@ -695,6 +695,7 @@ async fn exemplars_name_the_trace_and_span_exported_for_each_sampled_request() {
             ("direction", "inbound"),
             ("method", "GET"),
             ("status_code", status),
+            ("route", "/"),
         ]);
         let counter = find(&all, REQUESTS, &series)
             .unwrap_or_else(|| panic!("no series {series:?}:\n{text}"));
@@ -727,6 +728,7 @@ async fn unsampled_requests_are_counted_without_exemplars() {
         ("direction", "inbound"),
         ("method", "GET"),
         ("status_code", "200"),
+        ("route", "/"),
     ];
     assert_eq!(value(&all, REQUESTS, &series), Some(5.0), "{text}");
     assert!(!text.contains(" # {"), "{text}");
@@ -757,6 +759,7 @@ async fn unsampled_requests_are_counted_without_exemplars() {
         ("direction", "inbound"),
         ("method", "GET"),
         ("status_code", "202"),
+        ("route", "/"),
     ]);
     let counter = find(&all, REQUESTS, &mixed).expect("the 202 series");
     assert_eq!(counter.value, 4.0, "{counter:?}");
@@ -778,6 +781,7 @@ async fn unsampled_requests_are_counted_without_exemplars() {
         ("direction", "inbound"),
         ("method", "GET"),
         ("status_code", "201"),
+        ("route", "/"),
     ]);
     let counter = find(&all, REQUESTS, &unsampled_series).expect("the 201 series");
     assert_eq!(counter.value, 5.0);
@@ -1105,8 +1109,11 @@ async fn series_do_not_grow(p: &Proxy, path: impl Fn(usize) -> String) -> BTreeM
     request_series(&all)
 }
 
+/// With no templates configured, routes are inferred: 10,000 distinct paths of four ID-bearing
+/// shapes (numbers, 24-hex object IDs, UUIDs, 40-hex digests) are four routes, known exactly
+/// after the first ten requests, and no ID or query reaches a label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_distinct_paths_add_no_series_without_routes() {
+async fn ten_thousand_id_bearing_paths_make_four_inferred_routes_without_routes() {
     let app = App::start(Behaviour::status(200, "")).await;
     let p = Proxy::builder()
         .name("cardinality")
@@ -1115,13 +1122,87 @@ async fn ten_thousand_distinct_paths_add_no_series_without_routes() {
         .arg(app.addr().to_string())
         .start()
         .await;
-    let series = series_do_not_grow(&p, |i| format!("/zq9x/{i}/{:x}?q=zq9x{i}", i * 7919)).await;
-    let want = labels(&[
-        ("direction", "inbound"),
-        ("method", "GET"),
-        ("status_code", "200"),
-    ]);
-    assert_eq!(series, BTreeMap::from([(want, 10_000.0)]));
+    let hex = |i: usize, n: usize| -> String {
+        let h = format!(
+            "{:016x}{:016x}{:016x}",
+            i * 7919 + 1,
+            i * 104_729 + 3,
+            i + 11
+        );
+        h[h.len() - n..].to_owned()
+    };
+    let series = series_do_not_grow(&p, |i| match i % 4 {
+        0 => format!("/users/{i}?q=zq9x{i}"),
+        1 => format!("/users/{i}/orders/{}?q=zq9x", hex(i, 24)),
+        2 => {
+            let h = hex(i, 32);
+            format!(
+                "/sessions/{}-{}-{}-{}-{}?q=zq9x",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        _ => format!("/blobs/{}7?zq9x", hex(i, 39)),
+    })
+    .await;
+    let series_for = |route: &str| {
+        labels(&[
+            ("direction", "inbound"),
+            ("method", "GET"),
+            ("status_code", "200"),
+            ("route", route),
+        ])
+    };
+    let want: BTreeMap<Labels, f64> = [
+        "/users/{id}",
+        "/users/{id}/orders/{id}",
+        "/sessions/{id}",
+        "/blobs/{id}",
+    ]
+    .into_iter()
+    .map(|r| (series_for(r), 2500.0))
+    .collect();
+    assert_eq!(series, want);
+}
+
+/// Paths that look like nothing (a new word each time) cannot grow the label set past
+/// `--route-learn-limit`: after it, they share `_unmatched`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferred_routes_are_bounded_by_the_learn_limit() {
+    let app = App::start(Behaviour::status(200, "")).await;
+    let p = Proxy::builder()
+        .name("learn-limit")
+        .env("OTEL_TRACES_EXPORTER", "none")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .args(["--route-learn-limit", "20"])
+        .start()
+        .await;
+    let words: Vec<String> = (0..500)
+        .map(|i| {
+            // Letters only: never an identifier, so each is its own template.
+            let w: String = format!("{i:03}")
+                .bytes()
+                .map(|d| char::from(b'a' + (d - b'0')))
+                .collect();
+            format!("/word-{w}")
+        })
+        .collect();
+    send_all(p.inbound(), words, 8).await;
+    let (text, all) = wait_for_total(&p, 500).await;
+    let series = request_series(&all);
+    let routes: BTreeSet<&str> = series.keys().map(|l| l["route"].as_str()).collect();
+    assert_eq!(routes.len(), 21, "20 learned and _unmatched:\n{text}");
+    assert!(routes.contains("_unmatched"), "{routes:?}");
+    let unmatched: f64 = series
+        .iter()
+        .filter(|(l, _)| l["route"] == "_unmatched")
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(unmatched, 480.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,10 @@ async fn client_span_on_a_is_parent_of_server_span_on_b() {
 
     // Semantic conventions; the query string (a card number here) is never recorded.
     for s in [client_span, server_span] {
-        assert_eq!(s.name, "GET");
+        // No templates configured: the route is inferred from the path, and says so.
+        assert_eq!(s.name, "GET /orders/{id}");
+        assert_eq!(s.attr_str("http.route"), Some("/orders/{id}"));
+        assert_eq!(s.attr_bool("tracemesh.route.inferred"), Some(true));
         assert_eq!(s.attr_str("http.request.method"), Some("GET"));
         assert_eq!(s.attr_str("url.path"), Some("/orders/42"));
         assert_eq!(s.attr_str("url.scheme"), Some("http"));

@@ -40,15 +40,26 @@ enum Segment {
 /// Which template a path matched. `Copy`: it rides in labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
+    /// A configured template.
     Matched(&'static str),
+    /// A template the proxy inferred from the path (`telemetry::autoroute`).
+    Learned(&'static str),
     Unmatched,
 }
 
 impl Route {
     pub fn as_str(self) -> &'static str {
         match self {
-            Route::Matched(t) => t,
+            Route::Matched(t) | Route::Learned(t) => t,
             Route::Unmatched => UNMATCHED,
+        }
+    }
+
+    /// The template, when there is one (configured or learned).
+    pub fn template(self) -> Option<&'static str> {
+        match self {
+            Route::Matched(t) | Route::Learned(t) => Some(t),
+            Route::Unmatched => None,
         }
     }
 }
@@ -167,7 +178,7 @@ impl Routes {
 }
 
 /// The one `&'static str` for a template text.
-fn intern(text: &str) -> &'static str {
+pub(crate) fn intern(text: &str) -> &'static str {
     static TEXTS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut texts = TEXTS.lock().unwrap_or_else(|e| e.into_inner());
     let texts = texts.get_or_insert_with(HashSet::new);

@@ -29,6 +29,8 @@
 //! | `tracemesh.io/trusted-cidrs` | comma-separated IPs or CIDRs whose force-trace header is honoured → `TRACEMESH_TRUSTED_CIDRS` |
 //! | `tracemesh.io/retention-ring-spans` | records the deferred-sampling ring holds (1..=1048576) → `TRACEMESH_RETENTION_RING_SPANS` |
 //! | `tracemesh.io/response-context` | `on` or `off` (the mesh's edge) → `TRACEMESH_RESPONSE_CONTEXT` |
+//! | `tracemesh.io/access-log` | `json` or `off` → `TRACEMESH_ACCESS_LOG` |
+//! | `tracemesh.io/debug-traces` | `on` or `off` (`/debug/traces` on the admin port) → `TRACEMESH_DEBUG_TRACES` |
 //!
 //! Written by the mutation: `tracemesh.io/injected: "true"` on an injected template, and
 //! `tracemesh.io/inject-skipped: <reason>` on one left alone. An already-injected template is not
@@ -49,10 +51,11 @@ use k8s_openapi::{
 
 use crate::{
     config::{
-        SampleRatio, ENV_ADMIN_LISTEN, ENV_INBOUND_LISTEN, ENV_NODE_NAME, ENV_OTLP_ENDPOINT,
-        ENV_OTLP_PROTOCOL, ENV_OUTBOUND_LISTEN, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_PROPAGATORS,
-        ENV_RESPONSE_CONTEXT, ENV_RETENTION_RING_SPANS, ENV_ROUTES_FILE, ENV_SAMPLING_RULES,
-        ENV_SERVICE_NAME, ENV_TRACES_SAMPLER, ENV_TRACES_SAMPLER_ARG, ENV_TRUSTED_CIDRS,
+        SampleRatio, ENV_ACCESS_LOG, ENV_ADMIN_LISTEN, ENV_DEBUG_TRACES, ENV_INBOUND_LISTEN,
+        ENV_NODE_NAME, ENV_OTLP_ENDPOINT, ENV_OTLP_PROTOCOL, ENV_OUTBOUND_LISTEN, ENV_POD_NAME,
+        ENV_POD_NAMESPACE, ENV_PROPAGATORS, ENV_RESPONSE_CONTEXT, ENV_RETENTION_RING_SPANS,
+        ENV_ROUTES_FILE, ENV_SAMPLING_RULES, ENV_SERVICE_NAME, ENV_TRACES_SAMPLER,
+        ENV_TRACES_SAMPLER_ARG, ENV_TRUSTED_CIDRS,
     },
     context::Propagators,
     k8s::init::DEFAULT_PROXY_UID,
@@ -73,6 +76,8 @@ pub const ANNOTATION_CONFIG: &str = "tracemesh.io/config";
 pub const ANNOTATION_TRUSTED_CIDRS: &str = "tracemesh.io/trusted-cidrs";
 pub const ANNOTATION_RETENTION_RING_SPANS: &str = "tracemesh.io/retention-ring-spans";
 pub const ANNOTATION_RESPONSE_CONTEXT: &str = "tracemesh.io/response-context";
+pub const ANNOTATION_ACCESS_LOG: &str = "tracemesh.io/access-log";
+pub const ANNOTATION_DEBUG_TRACES: &str = "tracemesh.io/debug-traces";
 /// Largest ring an annotation may ask for (about 600 MiB at 568 bytes a record).
 pub const MAX_RETENTION_RING_SPANS: usize = 1 << 20;
 /// The volume that carries the reloadable config's ConfigMap into the sidecar.
@@ -253,6 +258,8 @@ struct Settings {
     trusted_cidrs: Vec<String>,
     retention_ring_spans: Option<usize>,
     response_context: Option<bool>,
+    access_log: Option<&'static str>,
+    debug_traces: Option<&'static str>,
 }
 
 /// Injects the sidecar into one pod (or pod template): `meta` is the pod template's metadata
@@ -456,6 +463,18 @@ fn resolve<'a>(
             ))
         }
     };
+    let access_log = match lookup(ANNOTATION_ACCESS_LOG) {
+        None => None,
+        Some("json") => Some("json"),
+        Some("off") => Some("off"),
+        Some(v) => return Err(invalid(ANNOTATION_ACCESS_LOG, v, "expected json or off")),
+    };
+    let debug_traces = match lookup(ANNOTATION_DEBUG_TRACES) {
+        None => None,
+        Some("on") => Some("on"),
+        Some("off") => Some("off"),
+        Some(v) => return Err(invalid(ANNOTATION_DEBUG_TRACES, v, "expected on or off")),
+    };
     let config_map = match lookup(ANNOTATION_CONFIG) {
         None => config.config_map.clone(),
         Some(v) => Some(check_config_map_name(v).map_err(|r| invalid(ANNOTATION_CONFIG, v, r))?),
@@ -471,6 +490,8 @@ fn resolve<'a>(
         trusted_cidrs,
         retention_ring_spans,
         response_context,
+        access_log,
+        debug_traces,
     })
 }
 
@@ -681,6 +702,12 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload: Option<&str>) 
             ENV_RESPONSE_CONTEXT,
             if on { "on" } else { "off" }.to_owned(),
         ));
+    }
+    if let Some(v) = s.access_log {
+        env_vars.push(env(ENV_ACCESS_LOG, v.to_owned()));
+    }
+    if let Some(v) = s.debug_traces {
+        env_vars.push(env(ENV_DEBUG_TRACES, v.to_owned()));
     }
     let mut volume_mounts = None;
     if s.config_map.is_some() {

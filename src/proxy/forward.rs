@@ -160,7 +160,11 @@ impl ForwardInner {
         } else {
             None
         };
-        let (body, sent) = RequestBody::new(body, first);
+        let counted = parts
+            .extensions
+            .get::<crate::telemetry::RequestBytes>()
+            .cloned();
+        let (body, sent) = RequestBody::new(body, first, counted);
         let req = Request::from_parts(parts, body);
 
         let mut rsp = self.upstream.send(&dest, req, &sent).await?;

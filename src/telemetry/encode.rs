@@ -103,6 +103,13 @@ impl AttributeSink for KeyValues<'_> {
         self.buf.put_u8(self::key(3, VARINT));
         put_varint(self.buf, value as u64);
     }
+
+    fn bool(&mut self, key: &'static str, value: bool) {
+        // AnyValue { bool_value = 2 }: a oneof, so `false` is written too.
+        self.head(key, 2);
+        self.buf.put_u8(self::key(2, VARINT));
+        self.buf.put_u8(u8::from(value));
+    }
 }
 
 fn unix_nanos(t: std::time::SystemTime) -> u64 {
@@ -117,6 +124,8 @@ pub struct Encoder {
     scope: Vec<u8>,
     spans: Vec<u8>,
     span: Vec<u8>,
+    /// A span's link, encoded before its length is written.
+    link: Vec<u8>,
     scratch: String,
     name: String,
     out: BytesMut,
@@ -145,6 +154,7 @@ impl Encoder {
             scope,
             spans: Vec::new(),
             span: Vec::new(),
+            link: Vec::new(),
             scratch: String::new(),
             name: String::new(),
             out: BytesMut::new(),
@@ -190,6 +200,23 @@ impl Encoder {
             &mut self.scratch,
             &mut KeyValues { buf: b, field: 9 },
         );
+        // links = 13: Link { trace_id = 1, span_id = 2, attributes = 4, flags = 6 (fixed32) }.
+        if let Some(link) = &r.link {
+            self.link.clear();
+            put_bytes(&mut self.link, 1, &link.trace_id.0);
+            put_bytes(&mut self.link, 2, &link.span_id.0);
+            KeyValues {
+                buf: &mut self.link,
+                field: 4,
+            }
+            .bool(semconv::LINK_INFERRED, true);
+            self.link.put_u8(key(6, I32));
+            self.link
+                .put_u32_le(u32::from(link.flags.0) | CONTEXT_HAS_IS_REMOTE);
+            b.put_u8(key(13, LEN));
+            put_varint(b, self.link.len() as u64);
+            b.extend_from_slice(&self.link);
+        }
         // Status { message = 2, code = 3 }: always present, as prost writes `Some(Status)`.
         let message = status.error.as_deref().unwrap_or("").as_bytes();
         let code: u64 = if status.error.is_some() { 2 } else { 0 };
@@ -306,6 +333,17 @@ mod tests {
         r.status = Some(http::StatusCode::BAD_REQUEST);
         r.parent = Some(SpanId([1; 8]));
         r.duration = std::time::Duration::from_nanos(1);
+        v.push(r);
+        let mut r = record(Direction::Inbound, None, Outcome::Complete);
+        r.route = Some(Route::Learned("/users/{id}"));
+        v.push(r);
+        let mut r = record(Direction::Outbound, None, Outcome::Complete);
+        r.parent = None;
+        r.link = Some(crate::context::SpanContext {
+            trace_id: crate::context::TraceId([3; 16]),
+            span_id: SpanId([4; 8]),
+            flags: crate::context::TraceFlags::SAMPLED,
+        });
         v.push(r);
         let mut r = record(Direction::Outbound, None, Outcome::Complete);
         r.outcome = Outcome::Failed(Failure {

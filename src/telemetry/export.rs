@@ -116,6 +116,8 @@ pub struct ExportTask {
     scope: InstrumentationScope,
     /// For OTLP: the protobuf encoder and its reused buffers.
     encoder: Option<Encoder>,
+    /// `/debug/traces`: each batch is copied in before it is exported.
+    pub store: Option<Arc<super::store::TraceStore>>,
 }
 
 impl ExportTask {
@@ -137,6 +139,7 @@ impl ExportTask {
         let task = ExportTask {
             wake,
             encoder,
+            store: None,
             rx,
             exporter,
             batch: config.batch,
@@ -212,6 +215,9 @@ impl ExportTask {
     /// Exports and empties `records` (its capacity is kept for the next batch).
     async fn export(&mut self, records: &mut Vec<SpanRecord>) {
         let n = records.len() as u64;
+        if let Some(store) = &self.store {
+            store.add(records);
+        }
         if let (Exporter::Otlp(client), Some(encoder)) = (&mut self.exporter, &mut self.encoder) {
             for r in records.drain(..) {
                 encoder.push(&r);
@@ -274,6 +280,10 @@ impl AttributeSink for KeyValueList {
     fn int(&mut self, key: &'static str, value: i64) {
         self.0.push(KeyValue::new(key, value));
     }
+
+    fn bool(&mut self, key: &'static str, value: bool) {
+        self.0.push(KeyValue::new(key, value));
+    }
 }
 
 /// The OpenTelemetry span for a record (the console and in-memory exporters; OTLP is encoded
@@ -312,7 +322,23 @@ pub fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanData {
         attributes: attrs.0,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
-        links: SpanLinks::default(),
+        links: {
+            let mut links = SpanLinks::default();
+            if let Some(l) = r.link {
+                links.links.push(opentelemetry::trace::Link::new(
+                    OtelSpanContext::new(
+                        OtelTraceId::from_bytes(l.trace_id.0),
+                        OtelSpanId::from_bytes(l.span_id.0),
+                        OtelTraceFlags::new(l.flags.0),
+                        false,
+                        TraceState::default(),
+                    ),
+                    vec![KeyValue::new(semconv::LINK_INFERRED, true)],
+                    0,
+                ));
+            }
+            links
+        },
         status: match status.error {
             Some(message) => Status::error(message),
             None => Status::Unset,

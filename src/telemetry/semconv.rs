@@ -14,9 +14,13 @@ use crate::config::routes::Route;
 use crate::metrics::Direction;
 
 /// Receives a span's attributes in order.
+/// The attribute of an inferred link ([`super::gaps`]).
+pub const LINK_INFERRED: &str = "tracemesh.link.inferred";
+
 pub trait AttributeSink {
     fn str(&mut self, key: &'static str, value: &str);
     fn int(&mut self, key: &'static str, value: i64);
+    fn bool(&mut self, key: &'static str, value: bool);
 }
 
 /// The span's status, per the conventions: a server span is an error on 5xx, a client span on
@@ -138,7 +142,7 @@ pub fn name(r: &SpanRecord, out: &mut String) {
         }
     }
     out.push_str(r.method.as_str());
-    if let Some(Route::Matched(route)) = r.route {
+    if let Some(route) = r.route.and_then(Route::template) {
         out.push(' ');
         out.push_str(route);
     }
@@ -195,8 +199,13 @@ pub fn attributes(
     if let Some(ua) = r.text.user_agent() {
         out.str("user_agent.original", ua);
     }
-    if let Some(Route::Matched(route)) = r.route {
-        out.str("http.route", route);
+    if let Some(route) = r.route {
+        if let Some(template) = route.template() {
+            out.str("http.route", template);
+        }
+        if let Route::Learned(_) = route {
+            out.bool("tracemesh.route.inferred", true);
+        }
     }
     if r.grpc {
         out.str("rpc.system", "grpc");
@@ -262,6 +271,7 @@ pub(crate) mod tests {
             grpc_message: Some(http::HeaderValue::from_static("asked%20to%20fail")),
             outcome,
             reason: None,
+            link: None,
         }
     }
 

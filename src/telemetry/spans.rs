@@ -23,6 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::{
+    gaps::InFlightRequest,
     retention::{self, KeepReason, Retention},
     sampling::{
         rules::{RequestFacts, Retain, Slow},
@@ -113,7 +114,9 @@ where
         }
         // One snapshot of the reloadable policy serves this request's route and decision.
         let policy = telemetry.policy().load();
-        let route = policy.routes.route(req.uri().path());
+        // gRPC runs over HTTP/2 only; an HTTP/1 request with a gRPC content type is plain HTTP.
+        let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
+        let route = telemetry.route(&policy.routes, req.uri().path(), grpc);
         let facts = RequestFacts {
             direction: layer.kind,
             method: req.method(),
@@ -142,6 +145,22 @@ where
             flags: decision.flags,
         };
         let parent = extracted.parent.map(|p| p.span_id);
+        // An inbound request is in flight until its span ends; an outbound one without any
+        // context while some are is a propagation gap, linked to the one in flight if alone.
+        let (in_flight, link) = match layer.kind {
+            Direction::Inbound => {
+                let request = InFlightRequest {
+                    context: ctx,
+                    route,
+                };
+                (Some(telemetry.gaps().enter(request)), None)
+            }
+            Direction::Outbound if extracted.parent.is_none() => {
+                let gap = telemetry.gaps().outbound_without_context();
+                (None, gap.and_then(|g| g.link).map(|r| r.context))
+            }
+            Direction::Outbound => (None, None),
+        };
         // What travels on is what the span is exported with (nothing, when `tracecontext` is
         // not propagated).
         let tracestate = decision.tracestate.filter(|_| {
@@ -156,14 +175,20 @@ where
             telemetry.propagators(),
         );
 
-        // gRPC runs over HTTP/2 only; an HTTP/1 request with a gRPC content type is plain HTTP.
-        let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
         // With deferred sampling every request is recorded: the decision to keep it can come
         // at its end, or later from a downstream hop.
         // A request the rules say never to sample (a probe, /metrics) is not recorded either:
         // a failing readiness check must not fill the collector.
         let retained = telemetry.retention().is_some() && decision.reason != Reason::Never;
-        let record = ((sampled || retained) && telemetry.records()).then(|| {
+        let exports = (sampled || retained) && telemetry.records();
+        // The access log has a line for every request, probes included.
+        let logged = telemetry.access_log().is_some();
+        let bytes_in = logged.then(|| {
+            let counter = super::RequestBytes::default();
+            req.extensions_mut().insert(counter.clone());
+            counter
+        });
+        let record = (exports || logged).then(|| {
             let headers = req.headers();
             SpanRecord {
                 kind: layer.kind,
@@ -188,6 +213,7 @@ where
                 grpc_message: None,
                 outcome: Outcome::Complete,
                 reason: None,
+                link,
             }
         });
         // RED counts every request, sampled or not; only sampled ones carry an exemplar.
@@ -205,7 +231,7 @@ where
             }),
         });
         let grpc_path = (grpc && red.is_some()).then(|| req.uri().clone());
-        let pending = (record.is_some() || red.is_some()).then(|| Pending {
+        let pending = (record.is_some() || red.is_some() || in_flight.is_some()).then(|| Pending {
             telemetry: telemetry.clone(),
             start,
             red,
@@ -222,6 +248,10 @@ where
             head_after: None,
             refused: false,
             kept_in_trailers: false,
+            exports,
+            bytes_in,
+            bytes_out: 0,
+            _in_flight: in_flight,
         });
 
         ResponseFuture {
@@ -290,6 +320,15 @@ struct Pending {
     /// The response's trailers carried a kept response context for this trace (a hop that
     /// decided after its response head had gone).
     kept_in_trailers: bool,
+    /// The record may be exported (head-sampled, or recorded for deferred sampling); a record
+    /// made only for the access log is not.
+    exports: bool,
+    /// Request body bytes sent on, counted by the forwarder (access log only).
+    bytes_in: Option<super::RequestBytes>,
+    /// Response body bytes passed to the client.
+    bytes_out: u64,
+    /// An inbound request's place among those in flight, until the span ends.
+    _in_flight: Option<super::gaps::InFlightGuard>,
 }
 
 impl Pending {
@@ -320,7 +359,7 @@ impl Pending {
         let Some(retention) = self.telemetry.retention() else {
             return;
         };
-        let Some(r) = self.record.as_ref() else {
+        let Some(r) = self.record.as_ref().filter(|_| self.exports) else {
             return;
         };
         let (trace, span, kind) = (r.context.trace_id, r.context.span_id, r.kind);
@@ -375,7 +414,8 @@ impl Pending {
     fn finish_at_trailers(mut self, trailers: &mut HeaderMap) {
         self.observe_trailers(trailers);
         let told_at_head = self.keep.is_some();
-        let (Some(retention), Some(r)) = (self.telemetry.retention(), self.record.as_ref()) else {
+        let record = self.record.as_ref().filter(|_| self.exports);
+        let (Some(retention), Some(r)) = (self.telemetry.retention(), record) else {
             self.finish(None);
             return;
         };
@@ -408,7 +448,7 @@ impl Pending {
         // Deferred sampling decides before RED is observed, so a span kept at its end (an error
         // in the body, slow, a downstream keep) is an exemplar too: a metric leads to it.
         let retention = self.telemetry.retention();
-        let reason = match (retention, record.as_ref()) {
+        let reason = match (retention, record.as_ref().filter(|_| self.exports)) {
             (Some(retention), Some(r)) => {
                 // The learner, like the decision, sees the time to the response head.
                 if let Some(head) = self.head_after {
@@ -463,6 +503,21 @@ impl Pending {
         let Some(record) = record.take() else {
             return reason;
         };
+        if let Some(log) = self.telemetry.access_log() {
+            let kept = match retention {
+                Some(_) => reason,
+                None => (self.exports && self.sampled).then_some(KeepReason::Head),
+            };
+            log.log(super::access_log::Entry {
+                record: record.clone(),
+                kept: kept.filter(|_| self.exports),
+                bytes_in: self.bytes_in.as_ref().map_or(0, super::RequestBytes::get),
+                bytes_out: self.bytes_out,
+            });
+        }
+        if !self.exports {
+            return None;
+        }
         match (retention, reason) {
             // Without deferred sampling only head-sampled spans are recorded.
             (None, _) => self.telemetry.submit(record),
@@ -579,6 +634,9 @@ where
         let mut frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &mut frame {
             Some(Ok(f)) => {
+                if let (Some(data), Some(p)) = (f.data_ref(), this.span.as_mut()) {
+                    p.bytes_out += data.len() as u64;
+                }
                 if let Some(trailers) = f.trailers_mut() {
                     if let Some(p) = this.span.take() {
                         p.finish_at_trailers(trailers);

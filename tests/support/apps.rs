@@ -51,6 +51,14 @@ pub enum Behaviour {
         calls: Vec<String>,
         via_proxy: SocketAddr,
     },
+    /// An app that breaks propagation: requests whose path starts with [`HELD_PREFIX`] wait
+    /// until `gate` opens; then it calls `next` through `via_proxy` without copying any trace
+    /// header, and answers with the next hop's status and body.
+    CallUntraced {
+        next: String,
+        via_proxy: SocketAddr,
+        gate: Gate,
+    },
     /// 200 headers at once, then `chunks` chunks of `chunk N\n`, one every `every`.
     SlowBody { chunks: usize, every: Duration },
     /// Requests whose path starts with [`HELD_PREFIX`] wait until `gate` opens; then every
@@ -129,6 +137,7 @@ impl Behaviour {
             Self::UploadDigest => "upload-digest",
             Self::Forward { .. } => "forward",
             Self::CallAll { .. } => "call-all",
+            Self::CallUntraced { .. } => "call-untraced",
             Self::SlowBody { .. } => "slow-body",
             Self::Gated { .. } => "gated",
             Self::Hang => "hang",
@@ -263,6 +272,18 @@ async fn respond(
                 statuses.push(rsp.status().as_u16().to_string());
             }
             Response::new(full(statuses.join(",")))
+        }
+        Behaviour::CallUntraced {
+            next,
+            via_proxy,
+            gate,
+        } => {
+            if request.uri.path().starts_with(HELD_PREFIX) {
+                gate.passed().await;
+            }
+            let mut bare = request.clone();
+            bare.headers.clear();
+            forward(&bare, &next, via_proxy).await
         }
         Behaviour::SlowBody { chunks, every } => Response::new(slow_body(chunks, every)),
         Behaviour::Gated { gate, delay, body } => {

@@ -11,6 +11,7 @@
 //! - [`grpc`]: a gRPC server (health + a raw-bytes echo with every call shape) and its clients.
 //! - [`serve`]: the accept loops behind every peer, for a test that needs a peer of its own.
 //! - [`recorder`]: a raw TCP app that keeps every byte the proxy wrote to it, per connection.
+//! - [`chromium`]: headless Chromium over the DevTools protocol (page errors, eval, screenshot).
 //! - [`netns`]: network namespaces on a bridge, `tracemesh init` and proxies under their own UID,
 //!   for the root-only end-to-end tests.
 //!
@@ -19,6 +20,7 @@
 
 pub mod apps;
 pub mod body;
+pub mod chromium;
 pub mod client;
 pub mod echo;
 pub mod grpc;

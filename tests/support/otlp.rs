@@ -73,11 +73,20 @@ pub struct ReceivedSpan {
     pub end_unix_nanos: u64,
     pub attributes: BTreeMap<String, Value>,
     pub events: Vec<String>,
+    pub links: Vec<ReceivedLink>,
     pub status_code: SpanStatus,
     pub status_message: String,
     /// Resource attributes, every value rendered as a string.
     pub resource: BTreeMap<String, String>,
     pub scope_name: String,
+}
+
+/// A span link as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedLink {
+    pub trace_id: String,
+    pub span_id: String,
+    pub attributes: BTreeMap<String, Value>,
 }
 
 /// The OTLP transport a receiver speaks.

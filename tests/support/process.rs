@@ -61,6 +61,7 @@ pub struct ProxyBuilder {
     listen_flags: bool,
     ready_timeout: Duration,
     wrapper: Vec<OsString>,
+    hold_stdout: bool,
 }
 
 /// A running `tracemesh proxy`, killed and reaped on `Drop`.
@@ -72,6 +73,8 @@ pub struct Proxy {
     inbound: SocketAddr,
     outbound: SocketAddr,
     admin: SocketAddr,
+    /// stdout, unread until [`Proxy::release_stdout`] (see [`ProxyBuilder::hold_stdout`]).
+    held_stdout: Option<std::process::ChildStdout>,
 }
 
 /// A run that ended: see [`ProxyBuilder::run_to_exit`].
@@ -100,6 +103,7 @@ impl ProxyBuilder {
             listen_flags: true,
             ready_timeout: DEADLINE,
             wrapper: Vec::new(),
+            hold_stdout: false,
         }
     }
 
@@ -156,6 +160,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Nobody reads the proxy's stdout until [`Proxy::release_stdout`]: once the pipe's buffer
+    /// is full, every write the proxy makes to stdout blocks.
+    pub fn hold_stdout(mut self) -> Self {
+        self.hold_stdout = true;
+        self
+    }
+
     /// How long `start` waits for the `listening` line and `/ready` (default [`DEADLINE`]).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -182,7 +193,7 @@ impl ProxyBuilder {
     pub async fn start(self) -> Proxy {
         let timeout = self.ready_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let (child, name, output) = self.spawn();
+        let (child, name, output, held_stdout) = self.spawn();
         // From here on the child is owned by a guard, so a panic below still kills it.
         let mut proxy = Proxy {
             child,
@@ -191,6 +202,7 @@ impl ProxyBuilder {
             inbound: unspecified(),
             outbound: unspecified(),
             admin: unspecified(),
+            held_stdout,
         };
         let addrs = loop {
             if let Some(addrs) = proxy.output.find_stderr(parse_listening) {
@@ -232,7 +244,7 @@ impl ProxyBuilder {
     /// # Panics
     /// If it is still running after `timeout` (it is killed first).
     pub async fn run_to_exit(self, timeout: Duration) -> Exited {
-        let (child, name, output) = self.spawn();
+        let (child, name, output, held_stdout) = self.spawn();
         let mut proxy = Proxy {
             child,
             name,
@@ -240,6 +252,7 @@ impl ProxyBuilder {
             inbound: unspecified(),
             outbound: unspecified(),
             admin: unspecified(),
+            held_stdout,
         };
         let Some(status) = proxy.wait_exit(timeout).await else {
             panic!(
@@ -255,7 +268,7 @@ impl ProxyBuilder {
         }
     }
 
-    fn spawn(self) -> (Child, String, Output) {
+    fn spawn(self) -> (Child, String, Output, Option<std::process::ChildStdout>) {
         let mut cmd = match self.wrapper.split_first() {
             None => command(),
             Some((program, args)) => {
@@ -292,8 +305,13 @@ impl ProxyBuilder {
         let stderr = child.stderr.take().expect("stderr is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         output.pump_stderr(stderr, self.name.clone());
-        output.pump_stdout(stdout, format!("{} stdout", self.name));
-        (child, self.name, output)
+        let held = if self.hold_stdout {
+            Some(stdout)
+        } else {
+            output.pump_stdout(stdout, format!("{} stdout", self.name));
+            None
+        };
+        (child, self.name, output, held)
     }
 }
 
@@ -340,6 +358,14 @@ impl Proxy {
     /// Every stderr line so far (the proxy's logs).
     pub fn logs(&self) -> Vec<String> {
         self.output.stderr()
+    }
+
+    /// Starts reading a stdout held by [`ProxyBuilder::hold_stdout`].
+    pub fn release_stdout(&mut self) {
+        if let Some(stdout) = self.held_stdout.take() {
+            self.output
+                .pump_stdout(stdout, format!("{} stdout", self.name));
+        }
     }
 
     /// Every stdout line so far (where the console exporter writes).

@@ -336,6 +336,8 @@ fn invalid_annotations_are_rejected_without_mutation() {
         (ANNOTATION_RETENTION_RING_SPANS, "lots"),
         (ANNOTATION_RETENTION_RING_SPANS, "2000000"),
         (ANNOTATION_RESPONSE_CONTEXT, "maybe"),
+        (ANNOTATION_ACCESS_LOG, "text"),
+        (ANNOTATION_DEBUG_TRACES, "yes"),
     ] {
         let (mut meta, mut spec) = pod(&[(key, value)]);
         let (meta0, spec0) = (meta.clone(), spec.clone());
@@ -470,6 +472,23 @@ fn retention_annotations_set_the_ring_size_and_the_edge() {
     let (_, spec, _) = inject(&[], &[]).unwrap();
     assert_eq!(env_value(proxy(&spec), ENV_RETENTION_RING_SPANS), None);
     assert_eq!(env_value(proxy(&spec), ENV_RESPONSE_CONTEXT), None);
+}
+
+#[test]
+fn access_log_and_debug_traces_annotations_set_the_proxy_variables() {
+    let (_, spec, _) = inject(
+        &[
+            (ANNOTATION_ACCESS_LOG, "json"),
+            (ANNOTATION_DEBUG_TRACES, "off"),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(env_value(proxy(&spec), ENV_ACCESS_LOG), Some("json"));
+    assert_eq!(env_value(proxy(&spec), ENV_DEBUG_TRACES), Some("off"));
+    let (_, spec, _) = inject(&[], &[]).unwrap();
+    assert_eq!(env_value(proxy(&spec), ENV_ACCESS_LOG), None);
+    assert_eq!(env_value(proxy(&spec), ENV_DEBUG_TRACES), None);
 }
 
 #[test]

@@ -73,6 +73,8 @@ pin_project! {
         inner: Incoming,
         first: Option<Frame<Bytes>>,
         state: Arc<BodyState>,
+        // Body bytes sent, for the access log (when it is on).
+        counted: Option<crate::telemetry::RequestBytes>,
     }
 
     impl PinnedDrop for RequestBody {
@@ -89,7 +91,11 @@ pin_project! {
 // === impl RequestBody ===
 
 impl RequestBody {
-    pub fn new(inner: Incoming, first: Option<Frame<Bytes>>) -> (Self, Arc<BodyState>) {
+    pub fn new(
+        inner: Incoming,
+        first: Option<Frame<Bytes>>,
+        counted: Option<crate::telemetry::RequestBytes>,
+    ) -> (Self, Arc<BodyState>) {
         let state = Arc::new(BodyState::default());
         if first.is_none() && inner.is_end_stream() {
             state.set(SENT);
@@ -98,6 +104,7 @@ impl RequestBody {
             inner,
             first,
             state: state.clone(),
+            counted,
         };
         (body, state)
     }
@@ -130,9 +137,18 @@ impl Body for RequestBody {
             if this.inner.is_end_stream() {
                 this.state.set(SENT);
             }
+            if let (Some(c), Some(data)) = (this.counted.as_ref(), frame.data_ref()) {
+                c.add(data.len());
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let (Some(c), Some(Ok(data))) = (
+            this.counted.as_ref(),
+            frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)),
+        ) {
+            c.add(data.map_or(0, Bytes::len));
+        }
         match &frame {
             None => this.state.set(SENT),
             Some(Err(_)) => this.state.set(FAILED),

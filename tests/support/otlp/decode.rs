@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{any_value, AnyValue, KeyValue},
 };
 
-use super::{ReceivedSpan, SpanKind, SpanStatus, Value};
+use super::{ReceivedLink, ReceivedSpan, SpanKind, SpanStatus, Value};
 
 pub(super) fn decode(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
     let mut out = Vec::new();
@@ -44,6 +44,15 @@ pub(super) fn decode(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     end_unix_nanos: span.end_time_unix_nano,
                     attributes: attributes(span.attributes),
                     events: span.events.into_iter().map(|e| e.name).collect(),
+                    links: span
+                        .links
+                        .into_iter()
+                        .map(|l| ReceivedLink {
+                            trace_id: hex(&l.trace_id),
+                            span_id: hex(&l.span_id),
+                            attributes: attributes(l.attributes),
+                        })
+                        .collect(),
                     status_code: SpanStatus::try_from(status.code).unwrap_or(SpanStatus::Unset),
                     status_message: status.message,
                     resource: resource.clone(),
