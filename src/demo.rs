@@ -12,23 +12,31 @@
 //! every tenth call and is slow once: deferred sampling keeps the error and slow traces whole
 //! (checkout answers 502 to its client, payment's own sidecar sees the 500 or the delay), and
 //! the demo prints them with the reason each span was kept, next to a head-sampled trace.
+//!
+//! Last, a `recommend` service that does not pass trace headers on: its call to inventory
+//! starts a trace of its own, and its sidecar detects the gap (counted by route) and links the
+//! new trace to the request it was serving. Every trace is drawn as a waterfall in the terminal
+//! ([`render`]); with `--keep-running` these services stay up and the demo prints each proxy's
+//! `/debug/traces` address until Ctrl-C.
 
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
-use opentelemetry::trace::Status;
-use opentelemetry_sdk::trace::SpanData;
 use tokio::net::{TcpListener, TcpStream};
+
+mod render;
+
+pub use self::render::render_traces;
 
 use crate::{
     config::{Limits, TelemetryConfig},
     context::Propagators,
     proxy::{self, ProxyConfig},
-    telemetry::{export::ServiceSpan, Exporter, SpanSink},
+    telemetry::{Exporter, SpanSink},
 };
 
 /// Options of `tracemesh demo`.
@@ -37,6 +45,10 @@ pub struct DemoArgs {
     /// How many plain requests to send (one more carries B3 headers).
     #[arg(long, default_value_t = 2)]
     pub requests: usize,
+    /// Keep the last scene's services running and print their `/debug/traces` addresses, until
+    /// Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
 }
 
 /// Headers a well-behaved app copies from its inbound request onto its outbound calls.
@@ -98,8 +110,102 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for s in [checkout, inventory, payment] {
         s.stop().await;
     }
+    println!(
+        "each trace as a waterfall: bars on the trace's time axis, the critical path solid (█), \
+         the rest light (░), the slowest span (most self time) marked\n"
+    );
     print!("{}", render_traces(&sink.spans()));
-    deferred(args.requests.max(1) * 10).await
+    deferred(args.requests.max(1) * 10).await?;
+    gap(args.keep_running).await
+}
+
+/// A service that drops the trace context: `checkout → recommend`, and recommend calls
+/// inventory without passing the headers on. Prints both traces, the inferred link and the gap
+/// counter; with `keep_running`, leaves the services up for `/debug/traces`.
+async fn gap(keep_running: bool) -> anyhow::Result<()> {
+    let sink = SpanSink::default();
+    let inventory = Service::start(
+        "inventory",
+        Duration::from_millis(2),
+        vec![],
+        &sink,
+        None,
+        Behaviour::Steady,
+    )
+    .await?;
+    let recommend = Service::start(
+        "recommend",
+        Duration::from_millis(4),
+        vec![("/inventory", inventory.proxy_inbound)],
+        &sink,
+        None,
+        Behaviour::DropsContext,
+    )
+    .await?;
+    let checkout = Service::start(
+        "checkout",
+        Duration::from_millis(1),
+        vec![("/recommend", recommend.proxy_inbound)],
+        &sink,
+        None,
+        Behaviour::Steady,
+    )
+    .await?;
+    println!(
+        "propagation gaps: checkout → recommend → inventory, and recommend's app does not pass \
+         the trace headers on\n"
+    );
+    get(checkout.proxy_inbound, "/checkout", &[]).await?;
+    let counted = gap_count(recommend.proxy_admin).await?;
+    println!(
+        "  recommend's sidecar saw an outbound call without trace context while one request was \
+         in flight:\n  {counted}\n  and linked the new trace to that request's SERVER span \
+         (a link, not a parent: it is an inference):\n"
+    );
+    let services = [checkout, recommend, inventory];
+    if keep_running {
+        // The spans are in the sink once exported (every 100 ms); wait for all five.
+        for _ in 0..50 {
+            if sink.spans().len() >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        print!("{}", render_traces(&sink.spans()));
+        println!("running; each proxy's recent traces, as waterfalls, in a browser:");
+        for (name, s) in ["checkout", "recommend", "inventory"].iter().zip(&services) {
+            println!("  {name:<10} http://{}/debug/traces", s.proxy_admin);
+        }
+        println!(
+            "  send more: curl http://{}/checkout\npress Ctrl-C to stop",
+            services[0].proxy_inbound
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    for s in services {
+        s.stop().await;
+    }
+    if !keep_running {
+        print!("{}", render_traces(&sink.spans()));
+    }
+    Ok(())
+}
+
+/// The propagation-gap counter line of a proxy's `/metrics`.
+async fn gap_count(admin: SocketAddr) -> anyhow::Result<String> {
+    let stream = TcpStream::connect(admin).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = Request::get("/metrics")
+        .header(header::HOST, "admin")
+        .body(Empty::<Bytes>::new())?;
+    let body = send.send_request(req).await?.into_body().collect().await?;
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    Ok(text
+        .lines()
+        .find(|l| l.starts_with("tracemesh_propagation_gaps_total{"))
+        .unwrap_or("tracemesh_propagation_gaps_total: none counted")
+        .to_owned())
 }
 
 /// The three services; `head_ratio` is their head sampling (`None`: always on).
@@ -201,6 +307,8 @@ async fn deferred(requests: usize) -> anyhow::Result<()> {
 #[derive(Clone)]
 enum Behaviour {
     Steady,
+    /// Calls its dependencies without passing the trace headers on.
+    DropsContext,
     /// Answers 500 on every `fail_every`-th request and sleeps `slow` on request `slow_at`.
     Flaky {
         fail_every: usize,
@@ -215,6 +323,7 @@ struct Service {
     app: SocketAddr,
     proxy_inbound: SocketAddr,
     proxy_outbound: SocketAddr,
+    proxy_admin: SocketAddr,
     proxy: proxy::Running,
 }
 
@@ -271,6 +380,7 @@ impl Service {
             app,
             proxy_inbound: proxy.bound.inbound,
             proxy_outbound: outbound,
+            proxy_admin: proxy.bound.admin,
             proxy,
         })
     }
@@ -315,7 +425,10 @@ async fn serve_app(
                     }
                     for (path, next) in calls.iter() {
                         let url = format!("http://{next}{path}");
-                        let forwarded = forwarded_headers(req.headers());
+                        let forwarded = match behaviour {
+                            Behaviour::DropsContext => Vec::new(),
+                            _ => forwarded_headers(req.headers()),
+                        };
                         match call_via_proxy(outbound, &url, &forwarded).await {
                             Ok(s) if s.is_success() => {}
                             _ => status = StatusCode::BAD_GATEWAY,
@@ -382,92 +495,4 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::
     let status = rsp.status();
     rsp.into_body().collect().await?;
     Ok(status)
-}
-
-/// Renders every trace in `spans` as an indented tree, children in start order.
-pub fn render_traces(spans: &[ServiceSpan]) -> String {
-    let mut traces: BTreeMap<String, Vec<&(Arc<str>, SpanData)>> = BTreeMap::new();
-    for s in spans {
-        traces
-            .entry(s.1.span_context.trace_id().to_string())
-            .or_default()
-            .push(s);
-    }
-    let mut ordered: Vec<_> = traces.into_iter().collect();
-    ordered.sort_by_key(|(_, v)| v.iter().map(|s| s.1.start_time).min());
-
-    let mut out = String::new();
-    for (trace_id, mut members) in ordered {
-        members.sort_by_key(|s| s.1.start_time);
-        out.push_str(&format!("trace {trace_id} ({} spans)\n", members.len()));
-        let ids: Vec<_> = members.iter().map(|s| s.1.span_context.span_id()).collect();
-        let roots: Vec<_> = members
-            .iter()
-            .filter(|s| !ids.contains(&s.1.parent_span_id))
-            .collect();
-        for root in roots {
-            render_node(&mut out, root, &members, "", None);
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn render_node(
-    out: &mut String,
-    node: &(Arc<str>, SpanData),
-    all: &[&(Arc<str>, SpanData)],
-    prefix: &str,
-    last: Option<bool>,
-) {
-    let (service, span) = node;
-    let branch = match last {
-        None => "",
-        Some(true) => "└─ ",
-        Some(false) => "├─ ",
-    };
-    let attr = |k: &str| {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == k)
-            .map(|kv| kv.value.to_string())
-    };
-    let label = format!(
-        "{} {}",
-        attr("http.request.method").unwrap_or_default(),
-        attr("url.path").unwrap_or_default()
-    );
-    let kind = match span.span_kind {
-        opentelemetry::trace::SpanKind::Server => "server",
-        opentelemetry::trace::SpanKind::Client => "client",
-        _ => "other",
-    };
-    let ms = span
-        .end_time
-        .duration_since(span.start_time)
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1000.0;
-    let status = attr("http.response.status_code").unwrap_or_default();
-    let reason = attr("tracemesh.sampling.reason").map_or(String::new(), |r| format!("[{r}]"));
-    let error = match &span.status {
-        Status::Error { description } => format!("  ERROR {description}"),
-        _ => String::new(),
-    };
-    let head = format!("{prefix}{branch}{label}");
-    out.push_str(&format!(
-        "{head:<34} {kind:<7} {service:<10} {ms:>7.1}ms  {reason:<12} {status}{error}\n"
-    ));
-    let children: Vec<_> = all
-        .iter()
-        .filter(|s| s.1.parent_span_id == span.span_context.span_id())
-        .collect();
-    let child_prefix = match last {
-        None => prefix.to_owned(),
-        Some(true) => format!("{prefix}   "),
-        Some(false) => format!("{prefix}│  "),
-    };
-    for (i, c) in children.iter().enumerate() {
-        render_node(out, c, all, &child_prefix, Some(i + 1 == children.len()));
-    }
 }

@@ -1,12 +1,15 @@
-//! `tracemesh demo` (README's first command) prints one tree per trace: checkout's SERVER span,
-//! its two CLIENT spans, and the SERVER spans of inventory and payment beneath them.
+//! `tracemesh demo` (README's first command) prints one waterfall per trace: checkout's SERVER
+//! span, its two CLIENT spans, and the SERVER spans of inventory and payment beneath them, with
+//! bars on a shared axis, the critical path and the slowest span marked; the deferred-sampling
+//! scene's kept traces; and a service that drops the trace context, with the gap it leaves.
+//! With `--keep-running` it serves `/debug/traces` until interrupted.
 
 mod support;
 
 use std::{process::Stdio, time::Duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
+async fn demo_prints_three_five_span_waterfalls_the_kept_traces_and_a_propagation_gap() {
     let child = tokio::process::Command::from(support::process::command())
         .args(["demo", "--requests", "2"])
         .stdin(Stdio::null())
@@ -29,7 +32,7 @@ async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
     let (always_on, deferred) = stdout
         .split_once("deferred sampling:")
         .unwrap_or_else(|| panic!("no deferred-sampling part:\n{stdout}"));
-    let traces: Vec<&str> = always_on.split("trace ").skip(1).collect();
+    let traces: Vec<&str> = always_on.split("\ntrace ").skip(1).collect();
     // Two plain requests and one from a B3 client; every trace has 5 spans.
     let headers: Vec<&str> = traces.iter().filter_map(|t| t.lines().next()).collect();
     assert_eq!(headers.len(), 3, "{stdout}");
@@ -60,8 +63,27 @@ async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
     assert_eq!(rows.len(), expect.len(), "{b3}");
     for (row, want) in rows.iter().zip(expect) {
         assert_eq!(&row[..4], &want[..], "{b3}");
-        assert_eq!(row.last(), Some(&"200"), "{b3}");
+        assert!(row.contains(&"200"), "{b3}");
     }
+    // A waterfall: every row has a bar on the shared axis; the root's fills it, solid (on the
+    // critical path); one span per trace is marked slowest.
+    let bars: Vec<&str> = b3
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let from = l.find('|').expect("a bar");
+            let to = l.rfind('|').unwrap();
+            &l[from + 1..to]
+        })
+        .collect();
+    assert!(bars.iter().all(|b| b.chars().count() == 32), "{b3}");
+    assert!(bars[0].chars().all(|c| c == '█'), "{b3}");
+    assert!(
+        bars.iter().all(|b| b.contains('█') || b.contains('░')),
+        "{b3}"
+    );
+    assert_eq!(b3.matches("◀ slowest").count(), 1, "{b3}");
     // Indentation: client spans under the root, server spans under their client span.
     let lines: Vec<&str> = b3
         .lines()
@@ -81,7 +103,10 @@ async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
         deferred.contains("sent 21 requests, 2 answered 502"),
         "{deferred}"
     );
-    let kept: Vec<&str> = deferred.split("trace ").skip(1).collect();
+    let (deferred, gap) = deferred
+        .split_once("propagation gaps:")
+        .unwrap_or_else(|| panic!("no propagation-gap part:\n{stdout}"));
+    let kept: Vec<&str> = deferred.split("\ntrace ").skip(1).collect();
     let failed: Vec<&&str> = kept
         .iter()
         .filter(|t| {
@@ -117,4 +142,71 @@ async fn demo_prints_three_five_span_trees_including_the_b3_translated_one() {
         slow[0]
     );
     assert!(kept.iter().any(|t| t.contains("[head]")), "{deferred}");
+
+    // The service that drops the context: counted under its route, and its call starts a trace
+    // of its own, linked (inferred) to the request it served.
+    assert!(
+        gap.contains("tracemesh_propagation_gaps_total{route=\"/recommend\"} 1"),
+        "{gap}"
+    );
+    let traces: Vec<&str> = gap.split("\ntrace ").skip(1).collect();
+    assert_eq!(traces.len(), 2, "{gap}");
+    let served = &traces[0][..32];
+    assert!(traces[0].contains("server  recommend"), "{gap}");
+    assert!(
+        traces[1].contains(&format!("↳ inferred link to trace {served} span ")),
+        "{gap}"
+    );
+    assert!(traces[1].contains("client  recommend"), "{gap}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_running_serves_debug_traces_until_interrupted() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::from(support::process::command())
+        .args(["demo", "--requests", "1", "--keep-running"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning tracemesh demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut url = None;
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(u) = line.trim().strip_prefix("checkout") {
+                url = Some(u.trim().to_owned());
+            }
+            if line.starts_with("press Ctrl-C") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "{seen}");
+    let url = url.unwrap_or_else(|| panic!("no checkout URL:\n{seen}"));
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (addr, path) = rest.split_once('/').unwrap();
+    let (status, _, body) =
+        support::client::http1_get(addr.parse().unwrap(), &format!("/{path}"), &[]).await;
+    assert_eq!(status, 200, "{url}");
+    let page = String::from_utf8_lossy(&body);
+    assert!(page.contains("<section class=\"trace\""), "{page}");
+    assert!(page.contains("/recommend"), "{page}");
+    // Ctrl-C: it stops cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }
