@@ -13,6 +13,8 @@
 #   8 tracemesh-1w/-2w   tracing on, --workers 1 / 2, proxy allowed on both CPUs (the scaling pair)
 #   9 tracemesh-1pct     1% head sampling, deferred sampling on, an upstream failing 1% (500)
 #     tracemesh-1pct-headonly  the same with --retention off (head sampling only)
+#   10 tracemesh-accesslog  tracing on, --access-log json (lines to the leg's log file)
+#      tracemesh-nodebug    tracing on, --debug-traces off (the /debug/traces store's cost)
 #
 # Each leg, for HTTP/1.1 and for h2c (prior knowledge): a closed-loop run (wrk for HTTP/1.1,
 # h2load for h2c), a fixed-rate run (h2load --rps) during which the proxy's CPU time is read
@@ -332,11 +334,13 @@ PY
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$p1"
       wait_port "$p1" "$LAST_PID" || { log "floor proxy did not start"; tail -5 "$RUN/floor-$proto.log" >&2; return 1; }
       ;;
-    tracemesh|tracemesh-notrace|tracemesh-nored|tracemesh-1w|tracemesh-2w)
+    tracemesh|tracemesh-notrace|tracemesh-nored|tracemesh-1w|tracemesh-2w|tracemesh-accesslog|tracemesh-nodebug)
       [ "$TM_OK" = 1 ] || return 1
       alloc_port in; alloc_port adm
       local exporter=otlp extra=(); [ "$leg" = tracemesh-notrace ] && exporter=none
       [ "$leg" = tracemesh-nored ] && extra=(--disable-red-metrics)
+      [ "$leg" = tracemesh-accesslog ] && extra=(--access-log json)
+      [ "$leg" = tracemesh-nodebug ] && extra=(--debug-traces off)
       local TM_WORKERS=1 TM_CPUS="$PROXY_CPU"
       case "$leg" in
         tracemesh-1w) TM_CPUS="$LOAD_CPU,$PROXY_CPU" ;;

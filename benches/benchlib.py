@@ -29,6 +29,8 @@ LEG_NAMES = {
     "tracemesh-1pct-headonly": "tracemesh, 1% head sampling only, 1% errors",
     "tracemesh-1w": "tracemesh, tracing on, 1 worker, both CPUs",
     "tracemesh-2w": "tracemesh, tracing on, 2 workers, both CPUs",
+    "tracemesh-accesslog": "tracemesh, tracing on, --access-log json (to a file)",
+    "tracemesh-nodebug": "tracemesh, tracing on, --debug-traces off",
 }
 LEG_ORDER = list(LEG_NAMES)
 PROTO_NAMES = {"h1": "HTTP/1.1", "h2c": "h2c"}
@@ -211,7 +213,8 @@ def report(results_path, meta_path):
     for proto in ("h1", "h2c"):
         refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "envoy", "floor")}
         for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
-                    "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly"):
+                    "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly",
+                    "tracemesh-accesslog", "tracemesh-nodebug"):
             d = by.get((leg, proto))
             if not d or d.get("skipped") or "closed" not in d:
                 continue

@@ -104,7 +104,7 @@ pub async fn serve(
                 }
             }
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -128,7 +128,7 @@ pub async fn serve(
                 let metrics = metrics.clone();
                 let ready = ready.clone();
                 let debug = debug.clone();
-                async move { Ok::<_, Infallible>(respond(req, metrics, ready, debug).await) }
+                async move { Ok::<_, Infallible>(respond(req, metrics, ready, debug, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -171,6 +171,7 @@ async fn respond<B>(
     metrics: Metrics,
     ready: Readiness,
     debug: Option<Arc<DebugTraces>>,
+    peer: std::net::SocketAddr,
 ) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -180,7 +181,7 @@ async fn respond<B>(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
-    if let Some(rsp) = traces::respond(req.uri().path(), debug.as_deref()) {
+    if let Some(rsp) = traces::respond(req.uri().path(), debug.as_deref(), peer.ip()) {
         return rsp;
     }
     match req.uri().path() {

@@ -227,12 +227,13 @@ pub struct ProxyArgs {
     #[arg(long, env = ENV_ACCESS_LOG, default_value = "off", value_parser = parse_access_log, action = clap::ArgAction::Set)]
     pub access_log: bool,
     /// `/debug/traces` on the admin listener: the spans this proxy exported most recently, as
-    /// waterfalls (HTML) and JSON. `off` removes the page and its memory.
-    #[arg(long, env = ENV_DEBUG_TRACES, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
-    pub debug_traces: bool,
+    /// waterfalls (HTML) and JSON. `local` (default): for loopback clients only (`kubectl
+    /// port-forward`); `on`: for every client of the admin port; `off`: no page, no memory.
+    #[arg(long, env = ENV_DEBUG_TRACES, default_value = "local", value_parser = ["off", "local", "on"])]
+    pub debug_traces: String,
     /// Spans `/debug/traces` holds (about 570 bytes each); the oldest make room.
-    #[arg(long, env = ENV_DEBUG_TRACES_SPANS, default_value_t = crate::telemetry::store::DEFAULT_SPANS)]
-    pub debug_traces_spans: usize,
+    #[arg(long, env = ENV_DEBUG_TRACES_SPANS, default_value = "1024", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub debug_traces_spans: u32,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).
     #[arg(long, env = ENV_DISABLE_RED_METRICS)]
     pub disable_red_metrics: bool,
@@ -368,7 +369,8 @@ impl ProxyArgs {
         crate::telemetry::ObserveConfig {
             route_learn_limit: self.route_learn_limit,
             access_log: self.access_log,
-            debug_traces: self.debug_traces.then_some(self.debug_traces_spans.max(1)),
+            debug_traces: (self.debug_traces != "off").then_some(self.debug_traces_spans as usize),
+            debug_traces_remote: self.debug_traces == "on",
         }
     }
 

@@ -565,6 +565,7 @@ pub async fn start(
         store: store.clone(),
         gaps: shared.telemetry.gaps().clone(),
         service: Arc::from(telemetry_config.service_name()),
+        remote: config.observe.debug_traces_remote,
     });
     tokio::spawn(crate::admin::serve(
         listeners.admin,

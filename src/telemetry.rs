@@ -79,6 +79,22 @@ pub struct SpanRecord {
     pub link: Option<SpanContext>,
 }
 
+impl SpanRecord {
+    /// Copies the header values the record holds, so that it keeps no part of hyper's request
+    /// buffer alive (a value parsed by hyper shares the whole head's buffer, 8 KiB or more);
+    /// a `tracestate` over 512 bytes (the length W3C asks every hop to propagate) is dropped.
+    /// For records parked by retention, which may wait a while.
+    pub fn detach_headers(&mut self) {
+        let own = |v: &HeaderValue| {
+            (v.len() <= 512)
+                .then(|| HeaderValue::from_bytes(v.as_bytes()).ok())
+                .flatten()
+        };
+        self.tracestate = self.tracestate.as_ref().and_then(own);
+        self.grpc_message = self.grpc_message.as_ref().and_then(own);
+    }
+}
+
 /// Why the proxy answered a request itself, as spans and metrics see it. The proxy's rescue
 /// layer fills it into the response's extensions; telemetry owns the type, so it needs nothing
 /// from the proxy's layer.
@@ -119,8 +135,8 @@ struct TelemetryInner {
     metrics: Metrics,
     /// Deferred sampling; `None` when off or when spans go nowhere.
     retention: Option<retention::Retention>,
-    /// Route names inferred for paths no configured template matches.
-    learned_routes: autoroute::RouteLearner,
+    /// Route names inferred when no templates are configured: inbound, outbound.
+    learned_routes: [autoroute::RouteLearner; 2],
     /// `--access-log json`.
     access_log: Option<access_log::AccessLog>,
     /// In-flight inbound requests, for propagation-gap detection.
@@ -152,6 +168,8 @@ pub struct ObserveConfig {
     pub access_log: bool,
     /// `/debug/traces`, holding this many spans (`None`: off).
     pub debug_traces: Option<usize>,
+    /// `/debug/traces` answers clients beyond loopback (`--debug-traces on`).
+    pub debug_traces_remote: bool,
 }
 
 impl Default for ObserveConfig {
@@ -160,6 +178,7 @@ impl Default for ObserveConfig {
             route_learn_limit: autoroute::DEFAULT_LIMIT,
             access_log: false,
             debug_traces: Some(store::DEFAULT_SPANS),
+            debug_traces_remote: false,
         }
     }
 }
@@ -192,7 +211,10 @@ impl Telemetry {
             policy,
             queue,
             retention,
-            learned_routes: autoroute::RouteLearner::new(observe.route_learn_limit),
+            learned_routes: [
+                autoroute::RouteLearner::new(observe.route_learn_limit),
+                autoroute::RouteLearner::new(observe.route_learn_limit),
+            ],
             access_log: observe.access_log.then(|| {
                 access_log::AccessLog::start(
                     Box::new(std::io::stdout()),
@@ -221,6 +243,7 @@ impl Telemetry {
     /// bounds those itself.
     pub fn route(
         &self,
+        direction: Direction,
         routes: &crate::config::routes::Routes,
         path: &str,
         grpc: bool,
@@ -228,7 +251,11 @@ impl Telemetry {
         if !routes.is_empty() || grpc {
             return routes.route(path);
         }
-        self.0.learned_routes.route(path)
+        let learner = match direction {
+            Direction::Inbound => &self.0.learned_routes[0],
+            Direction::Outbound => &self.0.learned_routes[1],
+        };
+        learner.route(path)
     }
 
     /// Deferred sampling, when on.

@@ -217,7 +217,7 @@ async fn a_blocked_stdout_never_holds_up_requests_and_dropped_lines_are_counted(
         .hold_stdout()
         .start()
         .await;
-    // More lines than the queue (8,192) and the pipe (64 KiB) hold together, over 8 connections.
+    // More lines than the queue (4,096) and the pipe (64 KiB) hold together, over 8 connections.
     let each = Duration::from_secs(5);
     let tasks: Vec<_> = (0..8)
         .map(|_| tokio::spawn(keep_alive_gets(proxy.inbound(), 1500, each)))
@@ -236,7 +236,7 @@ async fn a_blocked_stdout_never_holds_up_requests_and_dropped_lines_are_counted(
     // capacity before the next request, so that one is not dropped), and new requests are
     // logged again; every request was either logged or counted as dropped.
     proxy.release_stdout();
-    lines(&proxy, 8192).await;
+    lines(&proxy, 4096).await;
     let (status, _, _) = client::http1_get(proxy.inbound(), "/after", &[]).await;
     assert_eq!(status, 200);
     let log = support::eventually(DEADLINE, "the line of /after", || async {

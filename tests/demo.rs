@@ -167,7 +167,7 @@ async fn demo_keep_running_serves_debug_traces_until_interrupted() {
         .args(["demo", "--requests", "1", "--keep-running"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("spawning tracemesh demo");

@@ -67,18 +67,40 @@ async fn a_call_without_context_is_counted_and_linked_to_the_one_request_in_flig
     );
     let metrics = proxy.metrics().await;
     assert_eq!(gaps(&metrics, "/orders/{id}"), 1.0, "{metrics}");
+}
 
-    // Two requests in flight at once: both calls are gaps, neither is linked.
-    otlp.clear();
-    let held = |n: u32| {
+/// Two requests in flight at once: both calls are gaps, neither is linked. The dependency holds
+/// both calls until both have arrived, so both requests are in flight when each call is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_requests_in_flight_gaps_are_counted_and_nothing_is_inferred() {
+    let otlp = OtlpReceiver::start_grpc().await;
+    let hold = Gate::new();
+    let inventory = App::start(Behaviour::Gated {
+        gate: hold.clone(),
+        delay: Duration::ZERO,
+        body: bytes::Bytes::from_static(b"in stock"),
+    })
+    .await;
+    let out = reserve_outbound();
+    let legacy = App::start(Behaviour::CallUntraced {
+        next: format!("http://{}{HELD_PREFIX}stock", inventory.addr()),
+        via_proxy: out.addr(),
+        gate: Gate::new(),
+    })
+    .await;
+    let proxy = Proxy::exporting_to(&otlp, "legacy-two")
+        .args(out.flag())
+        .arg("--app-addr")
+        .arg(legacy.addr().to_string())
+        .start()
+        .await;
+    let request = |n: u32| {
         let inbound = proxy.inbound();
-        tokio::spawn(
-            async move { client::http1_get(inbound, &format!("{HELD_PREFIX}{n}"), &[]).await },
-        )
+        tokio::spawn(async move { client::http1_get(inbound, &format!("/orders/{n}"), &[]).await })
     };
-    let (a, b) = (held(1), held(2));
-    legacy.wait_for_requests(3, DEADLINE).await;
-    gate.open();
+    let (a, b) = (request(1), request(2));
+    inventory.wait_for_requests(2, DEADLINE).await;
+    hold.open();
     for t in [a, b] {
         assert_eq!(t.await.unwrap().0, 200);
     }
@@ -86,13 +108,31 @@ async fn a_call_without_context_is_counted_and_linked_to_the_one_request_in_flig
     let clients = of_kind(&spans, SpanKind::Client);
     assert_eq!(clients.len(), 2, "{}", tree(&spans));
     assert!(
-        clients.iter().all(|c| c.links.is_empty()),
+        clients
+            .iter()
+            .all(|c| c.links.is_empty() && c.parent_span_id.is_empty()),
         "nothing inferred with two in flight: {}",
         tree(&spans)
     );
     let metrics = proxy.metrics().await;
-    assert_eq!(gaps(&metrics, "/held/{id}"), 2.0, "{metrics}");
-    assert_eq!(gaps(&metrics, "/orders/{id}"), 1.0, "{metrics}");
+    assert_eq!(gaps(&metrics, "/orders/{id}"), 2.0, "{metrics}");
+
+    // `/debug/traces` lists the routes whose calls lose context, in its JSON and on its page.
+    let (status, _, body) = client::http1_get(proxy.admin(), "/debug/traces.json", &[]).await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        json["propagation_gaps"],
+        serde_json::json!([{ "route": "/orders/{id}", "count": 2 }]),
+        "{json:#}"
+    );
+    let (_, _, page) = client::http1_get(proxy.admin(), "/debug/traces", &[]).await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("Routes whose outbound calls lose trace context")
+            && page.contains("<td>/orders/{id}</td><td>2</td>"),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,12 +8,21 @@
 //! - `GET /debug/traces/<trace-id>`: one trace.
 //! - `GET /debug/traces.json`: the same data as JSON.
 //!
-//! The page is the proxy's own: no external script, style or font (a strict
-//! `Content-Security-Policy` says so to the browser). Every text from a request (paths, names)
-//! is escaped. It is a debugging surface: it shows request paths (never query strings) and trace
-//! IDs to whoever reaches the admin port; `--debug-traces off` removes it.
+//! The page is the proxy's own: no external script, style or font. A strict
+//! `Content-Security-Policy` says so to the browser, and allows only the page's one inline
+//! script, by its SHA-256. Every text from a request (paths, names) is escaped.
+//!
+//! It is a debugging surface: it shows request paths (never query strings) and trace IDs. By
+//! default (`--debug-traces local`) it answers only clients on loopback, which is how
+//! `kubectl port-forward` arrives; `on` opens it to every client of the admin port (which is
+//! reachable from the cluster, for probes and scrapers), `off` removes it.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -41,10 +50,21 @@ pub struct DebugTraces {
     pub store: Arc<TraceStore>,
     pub gaps: Arc<Gaps>,
     pub service: Arc<str>,
+    /// Answer clients that are not on loopback too (`--debug-traces on`).
+    pub remote: bool,
 }
 
-/// The answer for a `/debug/traces…` path, or `None` for any other path.
-pub fn respond(path: &str, debug: Option<&DebugTraces>) -> Option<Response<Full<Bytes>>> {
+/// Whether `peer` may read the pages.
+fn allowed(remote: bool, peer: IpAddr) -> bool {
+    remote || peer.to_canonical().is_loopback()
+}
+
+/// The answer for a `/debug/traces…` path from `peer`, or `None` for any other path.
+pub fn respond(
+    path: &str,
+    debug: Option<&DebugTraces>,
+    peer: IpAddr,
+) -> Option<Response<Full<Bytes>>> {
     let rest = path.strip_prefix("/debug/traces")?;
     let Some(debug) = debug else {
         return Some(text(
@@ -52,6 +72,13 @@ pub fn respond(path: &str, debug: Option<&DebugTraces>) -> Option<Response<Full<
             "debug traces are off (--debug-traces off, or OTEL_TRACES_EXPORTER=none)\n",
         ));
     };
+    if !allowed(debug.remote, peer) {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "debug traces answer loopback clients only (kubectl port-forward); \
+             --debug-traces on opens them to every client of the admin port\n",
+        ));
+    }
     Some(match rest {
         "" | "/" => html(&page(debug, &debug.store.recent(PAGE_TRACES), None)),
         ".json" => json_response(&to_json(debug, &debug.store.recent(PAGE_TRACES))),
@@ -99,19 +126,28 @@ fn html(body: &str) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
-             img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp().clone());
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The policy: nothing from anywhere, but the inline style and the one inline script, by hash.
+fn csp() -> &'static HeaderValue {
+    static CSP: OnceLock<HeaderValue> = OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        let digest = ring::digest::digest(&ring::digest::SHA256, SCRIPT.as_bytes());
+        let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+        HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{hash}'; \
+             img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ))
+        .expect("base64 is a valid header value")
+    })
 }
 
 fn json_response(v: &Value) -> Response<Full<Bytes>> {
@@ -399,6 +435,25 @@ mod tests {
         for bad in ["", "0AF7651916CD43DD8448EB211C80319C", &id[1..], "zz"] {
             assert!(parse_trace_id(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_loopback_clients_unless_opened() {
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1", "127.9.9.9"] {
+            assert!(allowed(false, peer.parse().unwrap()), "{peer}");
+        }
+        for peer in ["10.1.2.3", "::ffff:10.1.2.3", "fd00::1", "0.0.0.0"] {
+            assert!(!allowed(false, peer.parse().unwrap()), "{peer}");
+            assert!(allowed(true, peer.parse().unwrap()), "{peer}");
+        }
+    }
+
+    #[test]
+    fn the_policy_allows_the_script_by_its_hash() {
+        let csp = csp().to_str().unwrap();
+        assert!(csp.starts_with("default-src 'none'; "), "{csp}");
+        assert!(csp.contains("script-src 'sha256-"), "{csp}");
+        assert!(!csp.contains("script-src 'unsafe-inline'"), "{csp}");
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //! | `tracemesh.io/retention-ring-spans` | records the deferred-sampling ring holds (1..=1048576) → `TRACEMESH_RETENTION_RING_SPANS` |
 //! | `tracemesh.io/response-context` | `on` or `off` (the mesh's edge) → `TRACEMESH_RESPONSE_CONTEXT` |
 //! | `tracemesh.io/access-log` | `json` or `off` → `TRACEMESH_ACCESS_LOG` |
-//! | `tracemesh.io/debug-traces` | `on` or `off` (`/debug/traces` on the admin port) → `TRACEMESH_DEBUG_TRACES` |
+//! | `tracemesh.io/debug-traces` | `off`, `local` or `on` (who may read `/debug/traces` on the admin port) → `TRACEMESH_DEBUG_TRACES` |
 //!
 //! Written by the mutation: `tracemesh.io/injected: "true"` on an injected template, and
 //! `tracemesh.io/inject-skipped: <reason>` on one left alone. An already-injected template is not
@@ -472,8 +472,15 @@ fn resolve<'a>(
     let debug_traces = match lookup(ANNOTATION_DEBUG_TRACES) {
         None => None,
         Some("on") => Some("on"),
+        Some("local") => Some("local"),
         Some("off") => Some("off"),
-        Some(v) => return Err(invalid(ANNOTATION_DEBUG_TRACES, v, "expected on or off")),
+        Some(v) => {
+            return Err(invalid(
+                ANNOTATION_DEBUG_TRACES,
+                v,
+                "expected off, local or on",
+            ))
+        }
     };
     let config_map = match lookup(ANNOTATION_CONFIG) {
         None => config.config_map.clone(),

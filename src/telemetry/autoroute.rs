@@ -9,7 +9,9 @@
 //!
 //! What looks like an identifier: a decimal number, a UUID, a run of at least 4 hex digits with
 //! a digit among them (object IDs, hashes, short hex IDs), an opaque token of at least 16 URL-safe characters
-//! mixing letters and digits, and a segment that is mostly digits (`2024-01-15`, `ord-12345`).
+//! mixing letters and digits, a segment that is mostly digits (`2024-01-15`, `ord-12345`), and
+//! a segment that is personal or encoded rather than a name: one with `@` (an e-mail address),
+//! `%` or `+`, or longer than [`MAX_NAME`] bytes.
 //!
 //! The templates learned are bounded per proxy (`--route-learn-limit`, default 200): once the
 //! limit is reached, a path whose template is new is [`Route::Unmatched`], so labels, span names
@@ -17,8 +19,11 @@
 //! [`MAX_SEGMENTS`] segments, or a template longer than [`MAX_TEMPLATE`] bytes, is unmatched too.
 //!
 //! The request path builds the template in a stack buffer and looks it up in an `ArcSwap`'d map
-//! (no lock, no allocation); only a new template takes the learner's mutex, at most `limit`
-//! times in the process's life.
+//! (no lock, no allocation); only a new template takes the learner's mutex, and only while the
+//! learner is not full: at most `limit` times in the process's life.
+//!
+//! Each direction has a learner of its own, so the app's outbound calls (object keys, other
+//! services' paths) cannot use up the routes of its inbound API.
 
 use std::{
     collections::HashMap,
@@ -37,6 +42,8 @@ pub const MAX_TEMPLATE: usize = 128;
 pub const MAX_SEGMENTS: usize = 16;
 /// The segment an identifier becomes.
 pub const ID: &str = "{id}";
+/// A longer segment is an identifier, whatever its characters.
+pub const MAX_NAME: usize = 40;
 
 /// The proxy's learned templates; shared by every worker and both directions.
 #[derive(Debug)]
@@ -71,9 +78,14 @@ impl RouteLearner {
             return Some(Route::Unmatched);
         };
         let key = &buf[..n];
-        if let Some(&t) = self.known.load().get(key) {
+        let known = self.known.load();
+        if let Some(&t) = known.get(key) {
             return Some(Route::Learned(t));
         }
+        if known.len() >= self.limit {
+            return Some(Route::Unmatched); // full: no lock for what cannot be learned
+        }
+        drop(known);
         Some(self.learn(key))
     }
 
@@ -137,6 +149,9 @@ pub fn looks_like_id(s: &[u8]) -> bool {
     if s.is_empty() {
         return false;
     }
+    if s.len() > MAX_NAME || s.iter().any(|b| b"@%+".contains(b)) {
+        return true;
+    }
     let digits = s.iter().filter(|b| b.is_ascii_digit()).count();
     if digits == s.len() || is_uuid(s) {
         return true;
@@ -198,6 +213,13 @@ mod tests {
             ("/static/app.css", "/static/app.css"),
             ("/a//b/", "/a//b/"),
             ("/healthz", "/healthz"),
+            ("/users/alice@example.com/cart", "/users/{id}/cart"),
+            ("/search/caf%C3%A9", "/search/{id}"),
+            ("/tags/a+b", "/tags/{id}"),
+            (
+                "/docs/a-very-long-slug-that-names-one-article-only",
+                "/docs/{id}",
+            ),
         ] {
             assert_eq!(learned(&l, path), want, "{path}");
         }
@@ -268,8 +290,15 @@ mod tests {
             learned(&l, &"/x".repeat(MAX_SEGMENTS)),
             "/x".repeat(MAX_SEGMENTS)
         );
-        let long = format!("/{}", "y".repeat(MAX_TEMPLATE));
+        // Twelve ten-letter names: 132 bytes, over the longest template.
+        let long = "/abcdefghij".repeat(12);
+        assert!(long.len() > MAX_TEMPLATE);
         assert_eq!(l.route(&long), Some(Route::Unmatched));
+        // One long segment is an identifier, not a name.
+        assert_eq!(
+            learned(&l, &format!("/{}", "y".repeat(MAX_TEMPLATE))),
+            "/{id}"
+        );
         assert_eq!(l.route("*"), Some(Route::Unmatched));
         assert_eq!(RouteLearner::new(0).route("/users/1"), None);
     }

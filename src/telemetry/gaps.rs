@@ -4,8 +4,10 @@
 //! flight, that is a gap, counted by the inbound route
 //! (`tracemesh_propagation_gaps_total{route}`; `_several` when the requests in flight had
 //! different routes). When exactly one inbound request was in flight, the call almost surely
-//! serves it: the new root span gets a link to that request's SERVER span, with
-//! `tracemesh.link.inferred=true`. A link, never a parent: the inference may be wrong (a
+//! serves it: the new root span gets a link to that request's SERVER span (when that span is
+//! sampled, so the link leads somewhere), with `tracemesh.link.inferred=true`. Probes are not
+//! counted as in flight. A request is in flight until its response body ends, so an app with a
+//! long stream open sees its background calls counted as gaps of that stream's route. A link, never a parent: the inference may be wrong (a
 //! background job that happened to run during a request), and a link says only "related".
 //!
 //! In-flight inbound requests are tracked in a fixed table of [`SLOTS`] slots, each its own
@@ -130,7 +132,10 @@ impl Gaps {
             .unwrap_or_else(|e| e.into_inner())
             .entry(route)
             .or_default() += 1;
-        let link = (n == 1 && tracked.len() == 1).then(|| tracked[0]);
+        // Only to a span that is exported: an unsampled SERVER span's link would lead nowhere.
+        let link = (n == 1 && tracked.len() == 1)
+            .then(|| tracked[0])
+            .filter(|r| r.context.flags.is_sampled());
         Some(Gap { link })
     }
 

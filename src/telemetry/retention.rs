@@ -151,13 +151,7 @@ impl Retention {
     /// ring must not keep alive; a `tracestate` over 512 bytes (the length W3C asks every hop
     /// to propagate) is not kept.
     pub fn park(&self, mut record: SpanRecord) -> ring::Pushed {
-        let own = |v: &HeaderValue| {
-            (v.len() <= 512)
-                .then(|| HeaderValue::from_bytes(v.as_bytes()).ok())
-                .flatten()
-        };
-        record.tracestate = record.tracestate.as_ref().and_then(own);
-        record.grpc_message = record.grpc_message.as_ref().and_then(own);
+        record.detach_headers();
         self.ring.push(record, |trace| self.kept.contains(trace))
     }
 

@@ -116,7 +116,7 @@ where
         let policy = telemetry.policy().load();
         // gRPC runs over HTTP/2 only; an HTTP/1 request with a gRPC content type is plain HTTP.
         let grpc = req.version() == http::Version::HTTP_2 && is_grpc(req.headers());
-        let route = telemetry.route(&policy.routes, req.uri().path(), grpc);
+        let route = telemetry.route(layer.kind, &policy.routes, req.uri().path(), grpc);
         let facts = RequestFacts {
             direction: layer.kind,
             method: req.method(),
@@ -147,7 +147,9 @@ where
         let parent = extracted.parent.map(|p| p.span_id);
         // An inbound request is in flight until its span ends; an outbound one without any
         // context while some are is a propagation gap, linked to the one in flight if alone.
+        // Probes (never sampled) are not requests the app serves with calls of its own.
         let (in_flight, link) = match layer.kind {
+            Direction::Inbound if decision.reason == Reason::Never => (None, None),
             Direction::Inbound => {
                 let request = InFlightRequest {
                     context: ctx,
@@ -508,12 +510,18 @@ impl Pending {
                 Some(_) => reason,
                 None => (self.exports && self.sampled).then_some(KeepReason::Head),
             };
-            log.log(super::access_log::Entry {
-                record: record.clone(),
+            let entry = |record| super::access_log::Entry {
+                record,
                 kept: kept.filter(|_| self.exports),
                 bytes_in: self.bytes_in.as_ref().map_or(0, super::RequestBytes::get),
                 bytes_out: self.bytes_out,
-            });
+            };
+            if !self.exports {
+                // Made for the log only: moved, not copied.
+                log.log(entry(record));
+                return None;
+            }
+            log.log(entry(record.clone()));
         }
         if !self.exports {
             return None;

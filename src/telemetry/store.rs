@@ -65,7 +65,12 @@ impl TraceStore {
         let mut ring = self.lock();
         for r in records {
             let i = ring.next;
-            ring.slots[i] = Some(r.clone());
+            let mut r = r.clone();
+            // Held for minutes, so no share of hyper's request buffers: the header values go
+            // (the pages show neither), rather than being copied, which would allocate.
+            r.tracestate = None;
+            r.grpc_message = None;
+            ring.slots[i] = Some(r);
             ring.next = (i + 1) % ring.slots.len();
         }
     }

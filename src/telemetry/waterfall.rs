@@ -85,44 +85,50 @@ pub fn layout<T: Timed>(spans: &[T]) -> Waterfall {
     }
 
     // The critical path, from the root that ends last.
+    let times = critical_inputs(spans, start);
     let mut critical = vec![false; spans.len()];
     if let Some(&last) = roots
         .iter()
         .max_by_key(|&&i| (end_of(i), std::cmp::Reverse(i)))
     {
-        mark_critical(
-            last,
-            &children,
-            &critical_inputs(spans, start),
-            &mut critical,
-        );
+        mark_critical(last, &children, &times, &mut critical);
     }
 
+    let mut is_root = vec![false; spans.len()];
+    for &r in &roots {
+        is_root[r] = true;
+    }
     let mut rows = Vec::with_capacity(spans.len());
     let mut seen = vec![false; spans.len()];
-    let mut stack: Vec<(usize, usize)> = roots.iter().rev().map(|&r| (r, 0)).collect();
-    while let Some((i, depth)) = stack.pop() {
-        if std::mem::replace(&mut seen[i], true) {
-            continue; // a cycle in bad input: each span once
+    // Roots first; then any span no root reaches (a cycle of parents in bad input), as a root.
+    let mut pending: Vec<usize> = roots.clone();
+    pending.extend((0..spans.len()).filter(|&i| !is_root[i]));
+    for start_at in pending {
+        if seen[start_at] {
+            continue;
         }
-        let s = at(spans[i].start());
-        let e = s + spans[i].duration();
-        let covered = union(children[i].iter().map(|&c| {
-            let cs = at(spans[c].start()).clamp(s, e);
-            let ce = end_of(c).clamp(s, e);
-            (cs, ce)
-        }));
-        rows.push(Row {
-            span: i,
-            depth,
-            offset: s,
-            duration: spans[i].duration(),
-            self_time: spans[i].duration().saturating_sub(covered),
-            critical: critical[i],
-            root: roots.contains(&i),
-        });
-        for &c in children[i].iter().rev() {
-            stack.push((c, depth + 1));
+        let mut stack = vec![(start_at, 0)];
+        while let Some((i, depth)) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            let (s, e) = times[i];
+            let covered = union(children[i].iter().map(|&c| {
+                let (cs, ce) = times[c];
+                (cs.clamp(s, e), ce.clamp(s, e))
+            }));
+            rows.push(Row {
+                span: i,
+                depth,
+                offset: s,
+                duration: spans[i].duration(),
+                self_time: spans[i].duration().saturating_sub(covered),
+                critical: critical[i],
+                root: depth == 0,
+            });
+            for &c in children[i].iter().rev() {
+                stack.push((c, depth + 1));
+            }
         }
     }
     Waterfall { start, total, rows }
@@ -139,24 +145,29 @@ fn critical_inputs<T: Timed>(spans: &[T], start: SystemTime) -> Vec<(Duration, D
         .collect()
 }
 
+/// Marks the critical path under `root` (see the module docs), without recursion: a chain of
+/// spans as deep as the store is long must not exhaust the stack.
 fn mark_critical(
-    i: usize,
+    root: usize,
     children: &[Vec<usize>],
     times: &[(Duration, Duration)],
     critical: &mut [bool],
 ) {
-    if std::mem::replace(&mut critical[i], true) {
-        return;
-    }
-    let (start, end) = times[i];
-    let mut by_end: Vec<usize> = children[i].clone();
-    by_end.sort_by_key(|&c| std::cmp::Reverse(times[c].1));
-    let mut cursor = end;
-    for c in by_end {
-        let (cs, ce) = times[c];
-        if ce.min(end) <= cursor && cs < cursor && ce > start {
-            mark_critical(c, children, times, critical);
-            cursor = cs.max(start);
+    let mut todo = vec![root];
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut critical[i], true) {
+            continue;
+        }
+        let (start, end) = times[i];
+        let mut by_end: Vec<usize> = children[i].clone();
+        by_end.sort_by_key(|&c| std::cmp::Reverse(times[c].1));
+        let mut cursor = end;
+        for c in by_end {
+            let (cs, ce) = times[c];
+            if ce.min(end) <= cursor && cs < cursor && ce > start {
+                todo.push(c);
+                cursor = cs.max(start);
+            }
         }
     }
 }
@@ -260,10 +271,36 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_cyclic_input_do_not_loop() {
+    fn empty_cyclic_and_deep_input_lay_out_every_span_once() {
         let w = layout::<S>(&[]);
         assert!(w.rows.is_empty());
+        // A cycle of parents: no root reaches them, and both are still shown, once each.
         let w = layout(&[S(1, Some(2), 0, 10), S(2, Some(1), 0, 10)]);
-        assert!(w.rows.len() <= 2);
+        let mut shown: Vec<usize> = w.rows.iter().map(|r| r.span).collect();
+        shown.sort();
+        assert_eq!(shown, [0, 1]);
+        // A chain 100,000 deep: no recursion to overflow.
+        struct Deep(u32);
+        impl Timed for Deep {
+            fn id(&self) -> [u8; 8] {
+                let mut b = [0; 8];
+                b[..4].copy_from_slice(&self.0.to_be_bytes());
+                b
+            }
+            fn parent(&self) -> Option<[u8; 8]> {
+                self.0.checked_sub(1).map(|p| Deep(p).id())
+            }
+            fn start(&self) -> SystemTime {
+                SystemTime::UNIX_EPOCH + Duration::from_micros(u64::from(self.0))
+            }
+            fn duration(&self) -> Duration {
+                Duration::from_secs(1) - Duration::from_micros(2 * u64::from(self.0))
+            }
+        }
+        let chain: Vec<Deep> = (0..100_000).map(Deep).collect();
+        let w = layout(&chain);
+        assert_eq!(w.rows.len(), 100_000);
+        assert!(w.rows.iter().all(|r| r.critical));
+        assert_eq!(w.rows[99_999].depth, 99_999);
     }
 }
