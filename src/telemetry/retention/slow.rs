@@ -17,8 +17,9 @@ use crate::{config::routes::Route, metrics::Direction};
 const BUCKETS: usize = 34;
 /// Observations between two recomputations of an entry's p99.
 pub const WINDOW: u64 = 512;
-/// Entries in the table (routes × directions); more share the last one.
-const ENTRIES: usize = 128;
+/// Entries in the table (routes × directions); more share the last one. Room for both
+/// directions' inferred routes (`--route-learn-limit`, 200 each) and configured ones; 150 KiB.
+const ENTRIES: usize = 512;
 
 #[derive(Debug)]
 struct Entry {
