@@ -219,6 +219,15 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// The spans on the critical path, in row order.
+    fn critical(w: &Waterfall) -> Vec<usize> {
+        w.rows
+            .iter()
+            .filter(|r| r.critical)
+            .map(|r| r.span)
+            .collect()
+    }
+
     #[test]
     fn tree_order_depths_self_time_and_the_critical_path() {
         // server 0..100; a 10..30 and b 20..90 overlap; c 40..80 under b; d (elsewhere's child)
@@ -241,13 +250,7 @@ mod tests {
         assert_eq!(row(1).offset, Duration::ZERO);
         assert_eq!(row(3).offset, ms(40));
         // Critical: server → b (ends last) → c; a ends at 30, after b's start (20): not on it.
-        let critical: Vec<usize> = w
-            .rows
-            .iter()
-            .filter(|r| r.critical)
-            .map(|r| r.span)
-            .collect();
-        assert_eq!(critical, [1, 2, 3]);
+        assert_eq!(critical(&w), [1, 2, 3]);
         assert!(row(4).root && row(1).root && !row(0).root);
     }
 
@@ -260,13 +263,7 @@ mod tests {
             S(4, Some(1), 10, 5), // inside 2's time, not on the path
         ];
         let w = layout(&spans);
-        let critical: Vec<usize> = w
-            .rows
-            .iter()
-            .filter(|r| r.critical)
-            .map(|r| r.span)
-            .collect();
-        assert_eq!(critical, [0, 1, 2]);
+        assert_eq!(critical(&w), [0, 1, 2]);
         assert_eq!(w.rows[0].self_time, ms(20));
     }
 
