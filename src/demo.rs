@@ -193,14 +193,8 @@ async fn gap(keep_running: bool) -> anyhow::Result<()> {
 
 /// The propagation-gap counter line of a proxy's `/metrics`.
 async fn gap_count(admin: SocketAddr) -> anyhow::Result<String> {
-    let stream = TcpStream::connect(admin).await?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = Request::get("/metrics")
-        .header(header::HOST, "admin")
-        .body(Empty::<Bytes>::new())?;
-    let body = send.send_request(req).await?.into_body().collect().await?;
-    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let (_, body) = fetch(admin, "/metrics", &[]).await?;
+    let text = String::from_utf8_lossy(&body).into_owned();
     Ok(text
         .lines()
         .find(|l| l.starts_with("tracemesh_propagation_gaps_total{"))
@@ -478,6 +472,15 @@ async fn call_via_proxy(
 }
 
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<StatusCode> {
+    Ok(fetch(addr, path, headers).await?.0)
+}
+
+/// `GET path` over a new HTTP/1.1 connection to `addr`: the status and the whole body.
+async fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let stream = TcpStream::connect(addr).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -493,6 +496,6 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::
     }
     let rsp = send.send_request(req).await?;
     let status = rsp.status();
-    rsp.into_body().collect().await?;
-    Ok(status)
+    let body = rsp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
 }
