@@ -185,9 +185,14 @@ cpu_ticks() { # pids... -> utime+stime summed, in clock ticks (all threads of ea
 }
 
 rss_kb() { # pids... -> VmRSS summed, kB
-  local t=0 p v
+  rss_kb_field VmRSS "$@"
+}
+
+rss_kb_field() { # field pids... -> that /proc/PID/status field summed, kB (RssAnon: heap and
+  # stacks; RssFile: the binary's and libraries' pages, which grow with the binary's size)
+  local field="$1" t=0 p v; shift
   for p in "$@"; do
-    v="$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)"
+    v="$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || true)"
     t=$((t + ${v:-0}))
   done
   echo "$t"
@@ -454,6 +459,9 @@ measure() { # leg proto
     -D "$SECS" --log-file "$base-fixed.reqlog" "${h2auth[@]}" "$url"
   t1="$(date +%s.%N)"; c1="$(cpu_ticks "${MEASURE[@]}")"
   rss="$(rss_kb "${MEASURE[@]}")"
+  local rss_anon rss_file p
+  rss_anon="$(rss_kb_field RssAnon "${MEASURE[@]}")"; rss_file="$(rss_kb_field RssFile "${MEASURE[@]}")"
+  for p in "${MEASURE[@]}"; do cat "/proc/$p/smaps" >"$base-smaps-$p.txt" 2>/dev/null || true; done
   local idle_kib=""
   if [ "$IDLE_CONNS" -gt 0 ] && [[ "$leg" != direct && "$leg" != tracemesh-hop ]]; then
     idle_kib="$(python3 "$HERE/benchlib.py" idle "$TARGET_PORT" "$IDLE_CONNS" "$proto" "${MEASURE[*]}" 2>"$base-idle.err" || true)"
@@ -474,9 +482,9 @@ measure() { # leg proto
     [ -n "$statsnote" ] || statsnote="(no exporter counters found; see $(basename "$base")-stats.txt)"
   fi
 
-  python3 - "$leg" "$proto" "$c0" "$c1" "$t0" "$t1" "$rss" "$(getconf CLK_TCK)" "$base-fixed.txt" "$statsnote" "$idle_kib" >>"$RESULTS" <<'PY'
+  python3 - "$leg" "$proto" "$c0" "$c1" "$t0" "$t1" "$rss" "$(getconf CLK_TCK)" "$base-fixed.txt" "$statsnote" "$idle_kib" "$rss_anon" "$rss_file" >>"$RESULTS" <<'PY'
 import json, re, sys
-leg, proto, c0, c1, t0, t1, rss, hz, fixed, statsnote, idle_kib = sys.argv[1:]
+leg, proto, c0, c1, t0, t1, rss, hz, fixed, statsnote, idle_kib, rss_anon, rss_file = sys.argv[1:]
 cpu_s = (int(c1) - int(c0)) / float(hz)
 wall = float(t1) - float(t0)
 done = None
@@ -484,7 +492,8 @@ m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", open(fixed, error
 if m:
     done = int(m.group(1))
 r = {"kind": "proc", "leg": leg, "proto": proto, "cpu_seconds": cpu_s, "wall_seconds": wall,
-     "rss_mib": int(rss) / 1024.0}
+     "rss_mib": int(rss) / 1024.0, "rss_anon_mib": int(rss_anon) / 1024.0,
+     "rss_file_mib": int(rss_file) / 1024.0}
 if done and wall > 0:
     rps = done / wall
     r["cpu_pct_per_krps"] = 100.0 * (cpu_s / wall) / (rps / 1000.0)
@@ -539,7 +548,7 @@ import json, sys
 for l in sys.stdin:
     r = json.loads(l)
     if r["kind"] == "proc":
-        print("  cpu %%/1k rps %s, rss %.1f MiB" % (round(r.get("cpu_pct_per_krps", -1), 2), r["rss_mib"]))
+        print("  cpu %%/1k rps %s, rss %.1f MiB (anon %.1f, file %.1f)" % (round(r.get("cpu_pct_per_krps", -1), 2), r["rss_mib"], r.get("rss_anon_mib", 0), r.get("rss_file_mib", 0)))
     else:
         print("  %-6s %10s req/s  p50 %s p90 %s p99 %s ms  errors %s" % (r["kind"], r.get("rps"), r.get("p50"), r.get("p90"), r.get("p99"), r.get("errors")))
 ' >&2

@@ -179,12 +179,13 @@ def report(results_path, meta_path):
       "Fixed rate: `h2load --rps` at %s req/s in total over %s connections. "
       "Latencies in ms. CPU: user+system time of the proxy process(es) during the fixed-rate run, "
       "as %% of one core per 1,000 req/s (for *direct*: the upstream nginx itself). "
-      "RSS: VmRSS after the load (sum over the leg's processes)."
+      "RSS: VmRSS after the load (sum over the leg's processes); anon / file: its RssAnon "
+      "(heap, stacks) and RssFile (pages of the binary and libraries) parts."
       % (meta.get("wrk_conns"), meta.get("h2_conns"), meta.get("h2_streams"),
          meta.get("rate"), meta.get("rate_conns")))
     w("")
-    w("| leg | proto | closed req/s | p50 | p90 | p99 | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | errors |")
-    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    w("| leg | proto | closed req/s | p50 | p90 | p99 | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | anon / file MiB | errors |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for proto in ("h1", "h2c"):
         for leg in LEG_ORDER:
             d = by.get((leg, proto))
@@ -194,15 +195,18 @@ def report(results_path, meta_path):
             f = d.get("fixed", {})
             s = d.get("proc", {})
             if d.get("skipped"):
-                w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |" % (
+                w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |  |" % (
                     LEG_NAMES[leg], PROTO_NAMES[proto], "skipped: " + d["skipped"]["reason"]))
                 continue
             errs = [x for x in (c.get("errors"), f.get("errors")) if x is not None]
-            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            split = "—"
+            if s.get("rss_anon_mib") is not None and s.get("rss_file_mib") is not None:
+                split = "%s / %s" % (fmt(s["rss_anon_mib"], 1), fmt(s["rss_file_mib"], 1))
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 LEG_NAMES[leg], PROTO_NAMES[proto],
                 fmt(c.get("rps")), fmt(c.get("p50")), fmt(c.get("p90")), fmt(c.get("p99")),
                 fmt(f.get("rps")), fmt(f.get("p50")), fmt(f.get("p90")), fmt(f.get("p99")),
-                fmt(s.get("cpu_pct_per_krps")), fmt(s.get("rss_mib"), 1),
+                fmt(s.get("cpu_pct_per_krps")), fmt(s.get("rss_mib"), 1), split,
                 sum(errs) if errs else "—"))
     w("")
     w("## Ratios")
