@@ -16,6 +16,9 @@ use support::{
     DEADLINE,
 };
 
+/// The route the proxy infers for `/held/orders/N`.
+const ROUTE_HELD: &str = "/held/orders/{id}";
+
 fn gaps(metrics: &str, route: &str) -> f64 {
     metric_value(
         metrics,
@@ -69,23 +72,26 @@ async fn a_call_without_context_is_counted_and_linked_to_the_one_request_in_flig
     assert_eq!(gaps(&metrics, "/orders/{id}"), 1.0, "{metrics}");
 }
 
-/// Two requests in flight at once: both calls are gaps, neither is linked. The dependency holds
-/// both calls until both have arrived, so both requests are in flight when each call is made.
+/// Two requests in flight at once: both calls are gaps, neither is linked. Both are in flight
+/// whenever a call reaches the outbound listener: the app holds each request until both have
+/// arrived before it calls out, and the dependency holds each call until both have arrived, so
+/// neither request can end before the other's call is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_requests_in_flight_gaps_are_counted_and_nothing_is_inferred() {
     let otlp = OtlpReceiver::start_grpc().await;
-    let hold = Gate::new();
+    let calls = Gate::new();
     let inventory = App::start(Behaviour::Gated {
-        gate: hold.clone(),
+        gate: calls.clone(),
         delay: Duration::ZERO,
         body: bytes::Bytes::from_static(b"in stock"),
     })
     .await;
     let out = reserve_outbound();
+    let requests = Gate::new();
     let legacy = App::start(Behaviour::CallUntraced {
         next: format!("http://{}{HELD_PREFIX}stock", inventory.addr()),
         via_proxy: out.addr(),
-        gate: Gate::new(),
+        gate: requests.clone(),
     })
     .await;
     let proxy = Proxy::exporting_to(&otlp, "legacy-two")
@@ -96,11 +102,15 @@ async fn with_two_requests_in_flight_gaps_are_counted_and_nothing_is_inferred() 
         .await;
     let request = |n: u32| {
         let inbound = proxy.inbound();
-        tokio::spawn(async move { client::http1_get(inbound, &format!("/orders/{n}"), &[]).await })
+        tokio::spawn(async move {
+            client::http1_get(inbound, &format!("{HELD_PREFIX}orders/{n}"), &[]).await
+        })
     };
     let (a, b) = (request(1), request(2));
+    legacy.wait_for_requests(2, DEADLINE).await;
+    requests.open();
     inventory.wait_for_requests(2, DEADLINE).await;
-    hold.open();
+    calls.open();
     for t in [a, b] {
         assert_eq!(t.await.unwrap().0, 200);
     }
@@ -115,7 +125,7 @@ async fn with_two_requests_in_flight_gaps_are_counted_and_nothing_is_inferred() 
         tree(&spans)
     );
     let metrics = proxy.metrics().await;
-    assert_eq!(gaps(&metrics, "/orders/{id}"), 2.0, "{metrics}");
+    assert_eq!(gaps(&metrics, ROUTE_HELD), 2.0, "{metrics}");
 
     // `/debug/traces` lists the routes whose calls lose context, in its JSON and on its page.
     let (status, _, body) = client::http1_get(proxy.admin(), "/debug/traces.json", &[]).await;
@@ -123,14 +133,14 @@ async fn with_two_requests_in_flight_gaps_are_counted_and_nothing_is_inferred() 
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         json["propagation_gaps"],
-        serde_json::json!([{ "route": "/orders/{id}", "count": 2 }]),
+        serde_json::json!([{ "route": ROUTE_HELD, "count": 2 }]),
         "{json:#}"
     );
     let (_, _, page) = client::http1_get(proxy.admin(), "/debug/traces", &[]).await;
     let page = String::from_utf8_lossy(&page);
     assert!(
         page.contains("Routes whose outbound calls lose trace context")
-            && page.contains("<td>/orders/{id}</td><td>2</td>"),
+            && page.contains(&format!("<td>{ROUTE_HELD}</td><td>2</td>")),
         "{page}"
     );
 }
@@ -153,6 +163,9 @@ async fn an_app_that_propagates_makes_no_gap_and_a_call_with_nothing_in_flight_i
         .await;
     let (status, _, _) = client::http1_get(proxy.inbound(), "/orders/17", &[]).await;
     assert_eq!(status, 200);
+    // The request leaves the in-flight table when its span ends, which can be just after the
+    // client has the response; its exported SERVER span says it has ended.
+    otlp.wait_for_spans(2, DEADLINE).await;
     // A call of the app's own (no inbound request in flight): a root, not a gap.
     let (status, _, _) = client::http1_proxy_get(
         proxy.outbound(),
