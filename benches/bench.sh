@@ -46,6 +46,9 @@
 #   BENCH_PERF=1            profile each tracemesh leg's closed-loop run with `perf record` (a
 #                           software clock at 999 Hz, DWARF call graphs); flat and call-graph
 #                           reports go to bench-results/perf-<leg>-<proto>{,-callers}.txt
+#   BENCH_STAT=1            count each leg's syscalls (by name) and context switches during the
+#                           fixed-rate run with `perf stat` (tracepoints, no hardware counters
+#                           needed); the report gives them per request
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -68,6 +71,8 @@ SINK_CPU="${BENCH_SINK_CPU:-$LOAD_CPU}"
 OTLP_PROTOCOL="${BENCH_OTLP_PROTOCOL:-http/protobuf}"
 ENVOY_MIN_FLUSH="${ENVOY_OTEL_MIN_FLUSH_SPANS:-512}"
 TM_BIN="${TRACEMESH_BIN:-$ROOT/target/release/tracemesh}"
+# The syscalls BENCH_STAT names one by one (all of them are counted in the total).
+STAT_SYSCALLS="epoll_wait epoll_pwait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg futex accept4 close"
 case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
@@ -454,10 +459,22 @@ measure() { # leg proto
   local per_conn streams=1 h1flag=() t0 t1 c0 c1 rss
   per_conn="$(python3 -c "print(f'{$RATE / $RATE_CONNS:g}')")"
   if [ "$proto" = h1 ]; then h1flag=(--h1); else streams="$RATE_H2_STREAMS"; fi
+  local stat_pid=""
+  if [ "${BENCH_STAT:-0}" = 1 ]; then
+    local events=raw_syscalls:sys_enter,context-switches sc
+    for sc in $STAT_SYSCALLS; do events="$events,syscalls:sys_enter_$sc"; done
+    perf stat -x, -e "$events" -o "$base-stat.csv" -p "$(IFS=,; echo "${MEASURE[*]}")" \
+      -- sleep "$SECS" >"$base-stat.log" 2>&1 &
+    stat_pid=$!
+  fi
   c0="$(cpu_ticks "${MEASURE[@]}")"; t0="$(date +%s.%N)"
   run_load "$base-fixed.txt" "$budget" h2load "${h1flag[@]}" -t1 -c"$RATE_CONNS" -m"$streams" --rps "$per_conn" \
     -D "$SECS" --log-file "$base-fixed.reqlog" "${h2auth[@]}" "$url"
   t1="$(date +%s.%N)"; c1="$(cpu_ticks "${MEASURE[@]}")"
+  if [ -n "$stat_pid" ]; then
+    wait "$stat_pid" || log "perf stat exited with $? (see $base-stat.log)"
+    python3 "$HERE/benchlib.py" stat "$leg" "$proto" "$base-stat.csv" "$base-fixed.txt" >>"$RESULTS" || true
+  fi
   rss="$(rss_kb "${MEASURE[@]}")"
   local rss_anon rss_file p
   rss_anon="$(rss_kb_field RssAnon "${MEASURE[@]}")"; rss_file="$(rss_kb_field RssFile "${MEASURE[@]}")"

@@ -243,6 +243,23 @@ def report(results_path, meta_path):
     if not any_tm:
         w("No tracemesh leg ran, so there are no ratios (see the banner above).")
     w("")
+    stats = [(leg, proto, by[(leg, proto)]["stat"]) for proto in ("h1", "h2c") for leg in LEG_ORDER
+             if "stat" in by.get((leg, proto), {}) and "syscalls_per_req" in by[(leg, proto)]["stat"]]
+    if stats:
+        w("## Syscalls per request (BENCH_STAT)")
+        w("")
+        w("`perf stat` tracepoint counts over the fixed-rate run, divided by the requests it "
+          "completed: all syscalls, context switches, and the named syscalls above 0.05 per request.")
+        w("")
+        w("| leg | proto | syscalls | context switches | by syscall |")
+        w("|---|---|--:|--:|---|")
+        for leg, proto, st in stats:
+            named = sorted(((k[3:], v) for k, v in st.items() if k.startswith("sc_") and v >= 0.05),
+                           key=lambda kv: -kv[1])
+            w("| %s | %s | %s | %s | %s |" % (
+                LEG_NAMES[leg], PROTO_NAMES[proto], fmt(st["syscalls_per_req"]),
+                fmt(st.get("cs_per_req")), ", ".join("%s %.2f" % kv for kv in named)))
+        w("")
     notes = meta.get("notes", [])
     for r in rows:
         if r.get("kind") == "proc" and r.get("note"):
@@ -300,12 +317,36 @@ def idle_kib(port, n, proto, pids):
     return (after - before) / float(n)
 
 
+def parse_stat(leg, proto, csv_path, fixed_path):
+    """`perf stat -x,` counts over the fixed-rate run, per request that run completed."""
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done",
+                  open(fixed_path, errors="replace").read())
+    done = int(m.group(1)) if m else 0
+    r = {"kind": "stat", "leg": leg, "proto": proto}
+    if not done:
+        return r
+    for line in open(csv_path, errors="replace"):
+        f = line.strip().split(",")
+        if len(f) < 3 or line.startswith("#") or not f[0].replace(".", "").isdigit():
+            continue
+        value, event = float(f[0]), f[2]
+        if event == "raw_syscalls:sys_enter":
+            r["syscalls_per_req"] = value / done
+        elif event == "context-switches":
+            r["cs_per_req"] = value / done
+        elif event.startswith("syscalls:sys_enter_"):
+            r["sc_" + event[len("syscalls:sys_enter_"):]] = value / done
+    return r
+
+
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else ""
     if cmd == "wrk" and len(argv) == 5:
         print(json.dumps(parse_wrk(argv[2], argv[3], argv[4])))
     elif cmd == "h2load" and len(argv) == 7:
         print(json.dumps(parse_h2load(argv[2], argv[3], argv[4], argv[5], argv[6])))
+    elif cmd == "stat" and len(argv) == 6:
+        print(json.dumps(parse_stat(argv[2], argv[3], argv[4], argv[5])))
     elif cmd == "report" and len(argv) == 4:
         report(argv[2], argv[3])
     elif cmd == "idle" and len(argv) == 6:
