@@ -46,7 +46,6 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(std::net::TcpListener::from(fd))
 }
 
-/// The worker threads, running until their listeners close.
 /// The period of [`timer_heartbeat`]: shorter than any timer a request arms on the common
 /// path (`--response-timeout`, 30 s by default).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -65,6 +64,7 @@ async fn timer_heartbeat() {
     }
 }
 
+/// The worker threads, running until their listeners close.
 pub struct Workers {
     /// One per worker: fires when its accept loops have returned (its sockets are closed).
     closed: Vec<oneshot::Receiver<()>>,
