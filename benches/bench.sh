@@ -71,9 +71,9 @@ SINK_CPU="${BENCH_SINK_CPU:-$LOAD_CPU}"
 OTLP_PROTOCOL="${BENCH_OTLP_PROTOCOL:-http/protobuf}"
 ENVOY_MIN_FLUSH="${ENVOY_OTEL_MIN_FLUSH_SPANS:-512}"
 TM_BIN="${TRACEMESH_BIN:-$ROOT/target/release/tracemesh}"
+case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 # The syscalls BENCH_STAT names one by one (all of them are counted in the total).
 STAT_SYSCALLS="epoll_wait epoll_pwait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg futex accept4 close"
-case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
 REPEAT="${BENCH_REPEAT:-1}"

@@ -3,6 +3,7 @@
 
   benchlib.py wrk LEG PROTO OUTPUT                  -> one JSON line (closed loop, HTTP/1.1)
   benchlib.py h2load KIND LEG PROTO OUTPUT LOGFILE  -> one JSON line (KIND: closed | fixed)
+  benchlib.py stat LEG PROTO STAT.csv FIXED_OUTPUT  -> one JSON line (perf stat counts per request)
   benchlib.py report RESULTS.jsonl META.json        -> markdown on stdout
 
 Latency percentiles: wrk's own --latency distribution; for h2load (which prints only
