@@ -271,6 +271,12 @@ thread_local! {
 
 /// A header value of visible ASCII the caller builds (hex digits, `-`, `;`, `=`), cut from the
 /// per-thread arena. Also used for the response context (`telemetry::retention`).
+///
+/// Every such value is unique to its request or response (it carries a span ID), so it is
+/// marked sensitive: HTTP/2 sends it as a literal never indexed (RFC 7541 §6.2.3) instead of
+/// adding it to the connection's HPACK table. Indexed, each ~100-byte entry evicted the stable
+/// headers (`server`, `content-type`, ...), which were then sent and indexed anew on every
+/// message: 9k instructions of HPACK work per proxied h2c request (callgrind, BENCHMARKS.md).
 pub(crate) fn ascii_value(bytes: &[u8]) -> HeaderValue {
     let shared = ARENA.with_borrow_mut(|arena| {
         if arena.capacity() < bytes.len() {
@@ -279,7 +285,10 @@ pub(crate) fn ascii_value(bytes: &[u8]) -> HeaderValue {
         arena.extend_from_slice(bytes);
         arena.split().freeze()
     });
-    HeaderValue::from_maybe_shared(shared).expect("visible ASCII is a valid header value")
+    let mut value =
+        HeaderValue::from_maybe_shared(shared).expect("visible ASCII is a valid header value");
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]

@@ -399,6 +399,19 @@ fn default_propagators_write_traceparent_and_remove_b3() {
 }
 
 #[test]
+fn injected_values_are_never_indexed_by_hpack() {
+    let mut h = HeaderMap::new();
+    inject(&mut h, &ours(), None, Propagators::ALL);
+    for name in [&TRACEPARENT, &B3, &X_B3_TRACEID, &X_B3_SPANID] {
+        let value = h.get(name).unwrap_or_else(|| panic!("{name} injected"));
+        assert!(
+            value.is_sensitive(),
+            "{name} must be sent as a literal never indexed"
+        );
+    }
+}
+
+#[test]
 fn tracestate_is_set_when_given_and_removed_otherwise() {
     let mut h = headers(&[(&TRACESTATE, "old=1"), (&TRACESTATE, "older=2")]);
     let kept = HeaderValue::from_static("congo=t61rcWkgMzE");

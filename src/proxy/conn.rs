@@ -99,6 +99,12 @@ pub struct Activity {
     ended: AtomicU64,
     /// HTTP/1: the head read last carries both `Content-Length` and `Transfer-Encoding`.
     ambiguous: AtomicBool,
+    /// Milliseconds since `epoch` when the watchdog wakes next (`u64::MAX` before it first
+    /// looks). A head's start or a request's end wakes it only when that makes a deadline
+    /// earlier than this: otherwise it sees the change when it wakes anyway. Waking it twice
+    /// per request, and the connection task's extra poll each time, was 2k instructions of a
+    /// proxied HTTP/1 request (callgrind, BENCHMARKS.md).
+    armed: AtomicU64,
     wake: Notify,
 }
 
@@ -125,6 +131,7 @@ impl Activity {
             head_started: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             ambiguous: AtomicBool::new(false),
+            armed: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
         })
     }
@@ -136,10 +143,28 @@ impl Activity {
     /// The first bytes of a request head are here (detection read them): its deadline runs.
     pub fn head_started(&self) {
         if self.mode == Mode::Http1 {
-            self.head_started
-                .store(self.now_ms() + 1, Ordering::Release);
+            let now = self.now_ms();
+            self.head_started.store(now + 1, Ordering::SeqCst);
+            self.nudge(now.saturating_add(millis(self.header_read_timeout)));
+        }
+    }
+
+    /// Wakes the watchdog if `deadline` (just set) comes before its next wake-up. SeqCst pairs
+    /// with [`Activity::expired`]'s: either this load sees the watchdog's new wake-up time, or
+    /// the watchdog's second look at the state sees the change.
+    fn nudge(&self, deadline: u64) {
+        if deadline < self.armed.load(Ordering::SeqCst) {
             self.wake.notify_one();
         }
+    }
+
+    /// What the watchdog's deadlines are computed from (opaque reads included).
+    fn state(&self) -> (usize, u64, u64) {
+        (
+            self.in_flight.load(Ordering::SeqCst),
+            self.head_started.load(Ordering::SeqCst),
+            self.last.load(Ordering::SeqCst),
+        )
     }
 
     fn on_write(&self) {
@@ -183,6 +208,7 @@ impl Activity {
         let mut mark: Option<(u64, u64)> = None;
         loop {
             let now = self.now_ms();
+            let seen = self.state();
             let (deadline, why) = if self.in_flight.load(Ordering::Acquire) > 0 {
                 // A request is being served, however long it streams, as long as bytes move.
                 let progress = self.progress.load(Ordering::Relaxed);
@@ -216,7 +242,13 @@ impl Activity {
                     return why;
                 }
             }
-            let at = self.epoch + Duration::from_millis(deadline.max(now + 1));
+            let wake_at = deadline.max(now + 1);
+            self.armed.store(wake_at, Ordering::SeqCst);
+            if self.state() != seen {
+                // Changed while arming: the change may not have woken us (see `nudge`).
+                continue;
+            }
+            let at = self.epoch + Duration::from_millis(wake_at);
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
                 _ = self.wake.notified() => {}
@@ -291,10 +323,11 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        a.last.store(a.now_ms(), Ordering::Release);
+        let now = a.now_ms();
+        a.last.store(now, Ordering::SeqCst);
         a.ended.fetch_add(1, Ordering::Relaxed);
-        if a.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            a.wake.notify_one();
+        if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            a.nudge(now.saturating_add(millis(a.idle_timeout)));
         }
     }
 }

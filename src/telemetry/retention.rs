@@ -203,7 +203,9 @@ pub fn write_response_context(headers: &mut HeaderMap, trace: TraceId, span: Spa
     }
     timing.extend_from_slice(b"trace;desc=");
     timing.extend_from_slice(&value);
-    let timing = HeaderValue::from_bytes(&timing).expect("parts of valid header values");
+    let mut timing = HeaderValue::from_bytes(&timing).expect("parts of valid header values");
+    // Unique per response, like `ascii_value`'s: never indexed by HPACK.
+    timing.set_sensitive(true);
     headers.insert(SERVER_TIMING.clone(), timing);
 }
 
@@ -291,6 +293,8 @@ mod tests {
             h["server-timing"],
             format!("trace;desc=00-{TRACE}-{SPAN}-01").as_str()
         );
+        // Unique per response: HTTP/2 must not put them in its HPACK table.
+        assert!(h["traceresponse"].is_sensitive() && h["server-timing"].is_sensitive());
 
         let mut h = HeaderMap::new();
         h.append(
@@ -313,6 +317,7 @@ mod tests {
             format!("db;dur=53, cache;desc=\"Cache Read\";dur=23.2, app;dur=47.2, trace;desc=00-{TRACE}-{SPAN}-01").as_str()
         );
         assert_eq!(h["traceresponse"], format!("00-{TRACE}-{SPAN}-01").as_str());
+        assert!(h["server-timing"].is_sensitive());
     }
 
     #[test]
