@@ -192,20 +192,27 @@ impl Extracted {
 /// Allocates nothing unless `tracestate` arrived as several headers.
 pub fn extract(headers: &HeaderMap) -> Extracted {
     let mut out = Extracted::default();
-    match w3c::extract_traceparent(headers) {
-        Ok(None) => {}
-        Err(reason) => out.invalid.insert(Format::TraceContext, reason),
-        Ok(Some(ctx)) => {
-            out.parent = Some(ctx);
-            out.format = Some(Format::TraceContext);
-            match w3c::extract_tracestate(headers) {
-                Ok(tracestate) => out.tracestate = tracestate,
-                Err(reason) => out.invalid.insert(Format::TraceContext, reason),
+    let present = Present::scan(headers);
+    if present.w3c {
+        match w3c::extract_traceparent(headers) {
+            Ok(None) => {}
+            Err(reason) => out.invalid.insert(Format::TraceContext, reason),
+            Ok(Some(ctx)) => {
+                out.parent = Some(ctx);
+                out.format = Some(Format::TraceContext);
+                match w3c::extract_tracestate(headers) {
+                    Ok(tracestate) => out.tracestate = tracestate,
+                    Err(reason) => out.invalid.insert(Format::TraceContext, reason),
+                }
             }
         }
     }
-    out.offer_b3(Format::B3, b3::extract_single(headers));
-    out.offer_b3(Format::B3Multi, b3::extract_multi(headers));
+    if present.b3 {
+        out.offer_b3(Format::B3, b3::extract_single(headers));
+    }
+    if present.b3_multi {
+        out.offer_b3(Format::B3Multi, b3::extract_multi(headers));
+    }
     if out.parent.is_some() {
         out.sampled_hint = None;
     }
@@ -229,20 +236,51 @@ pub fn inject(
     tracestate: Option<HeaderValue>,
     propagators: Propagators,
 ) {
+    let present = Present::scan(headers);
     if propagators.contains(Format::TraceContext) {
-        w3c::inject(headers, ctx, tracestate);
-    } else {
+        w3c::inject(headers, ctx, tracestate, present.w3c);
+    } else if present.w3c {
         w3c::remove(headers);
     }
     if propagators.contains(Format::B3) {
         b3::inject_single(headers, ctx);
-    } else {
+    } else if present.b3 {
         b3::remove_single(headers);
     }
     if propagators.contains(Format::B3Multi) {
         b3::inject_multi(headers, ctx);
-    } else {
+    } else if present.b3_multi {
         b3::remove_multi(headers);
+    }
+}
+
+/// Which propagation formats a header map carries any header of, from one pass over its
+/// names. A lookup or a remove of an absent name still hashes it: extracting and injecting
+/// made 15 of them per request, nearly all for names the request did not carry.
+#[derive(Clone, Copy, Default)]
+struct Present {
+    /// `traceparent` or `tracestate`.
+    w3c: bool,
+    /// `b3`.
+    b3: bool,
+    /// Any `x-b3-*`.
+    b3_multi: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            let name = name.as_str().as_bytes();
+            if name == b"traceparent" || name == b"tracestate" {
+                present.w3c = true;
+            } else if name == b"b3" {
+                present.b3 = true;
+            } else if name.starts_with(b"x-b3-") {
+                present.b3_multi = true;
+            }
+        }
+        present
     }
 }
 

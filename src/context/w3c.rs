@@ -258,16 +258,23 @@ fn is_value(value: &[u8]) -> bool {
 
 // === inject ===
 
-/// Sets `traceparent` from `ctx`, and `tracestate` to `tracestate` or removes it.
-pub(super) fn inject(headers: &mut HeaderMap, ctx: &SpanContext, tracestate: Option<HeaderValue>) {
+/// Sets `traceparent` from `ctx`, and `tracestate` to `tracestate` or removes it (when
+/// `may_have_tracestate`: the caller knows when it cannot be there).
+pub(super) fn inject(
+    headers: &mut HeaderMap,
+    ctx: &SpanContext,
+    tracestate: Option<HeaderValue>,
+    may_have_tracestate: bool,
+) {
     headers.insert(TRACEPARENT.clone(), traceparent_value(ctx));
     match tracestate {
         Some(value) => {
             headers.insert(TRACESTATE.clone(), value);
         }
-        None => {
+        None if may_have_tracestate => {
             headers.remove(&TRACESTATE);
         }
+        None => {}
     }
 }
 
