@@ -223,7 +223,13 @@ impl Activity {
                 if self.mode == Mode::Http1 && now >= stall {
                     return Expired::Stalled;
                 }
-                (stall, None)
+                // Wake no later than a head starting now would need: then the next head's
+                // start never has to wake us (see `armed`), however long the stall timeout.
+                let wake = match self.mode {
+                    Mode::Http1 => stall.min(now.saturating_add(millis(self.header_read_timeout))),
+                    _ => stall,
+                };
+                (wake, None)
             } else {
                 mark = None;
                 match self.head_started.load(Ordering::Acquire) {

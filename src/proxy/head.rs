@@ -61,15 +61,13 @@ impl HeadScan {
         if self.done || (self.scanned == 0 && !idle) {
             return false;
         }
-        for &b in bytes {
-            self.scanned += 1;
-            if b != b'\n' {
-                if let Some(slot) = self.name.get_mut(self.line_len) {
-                    *slot = b.to_ascii_lowercase();
-                }
-                self.line_len += 1;
-                continue;
-            }
+        // Line by line (memchr finds each end): only a line's first NAME bytes are looked at.
+        // Byte by byte, this loop was 1.2k instructions of a proxied request (callgrind).
+        let mut rest = bytes;
+        while let Some(end) = memchr::memchr(b'\n', rest) {
+            self.take(&rest[..end]);
+            self.scanned += end + 1;
+            rest = &rest[end + 1..];
             let empty = self.line_len == 0 || (self.line_len == 1 && self.name[0] == b'\r');
             if empty {
                 // Empty lines before the request line are allowed (RFC 9112 §2.2).
@@ -87,10 +85,23 @@ impl HeadScan {
             }
             self.line_len = 0;
         }
+        self.take(rest);
+        self.scanned += rest.len();
         if self.scanned > MAX_SCAN {
             self.done = true;
         }
         false
+    }
+
+    /// Part of the current line, without its `\n`: its first NAME bytes kept, lowercased.
+    fn take(&mut self, part: &[u8]) {
+        if let Some(room) = self.name.get_mut(self.line_len..) {
+            let n = room.len().min(part.len());
+            for (slot, b) in room[..n].iter_mut().zip(part) {
+                *slot = b.to_ascii_lowercase();
+            }
+        }
+        self.line_len += part.len();
     }
 }
 
@@ -125,6 +136,18 @@ mod tests {
             let (a, b) = smuggle.split_at(cut);
             assert!(scan(&[a, b]), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_head_fed_a_byte_at_a_time_is_seen_whole() {
+        let smuggle: &[u8] = b"POST / HTTP/1.1\r\nX-Very-Long-Header-Name-Beyond-Eighteen: 1\r\n\
+                               transfer-encoding: chunked\r\ncontent-length: 6\r\n\r\n";
+        let bytes: Vec<&[u8]> = smuggle.chunks(1).collect();
+        assert!(scan(&bytes));
+        let clean: &[u8] = b"GET / HTTP/1.1\r\nX-Transfer-Encoding: chunked\r\n\
+                             Content-Length: 0\r\n\r\n";
+        let bytes: Vec<&[u8]> = clean.chunks(1).collect();
+        assert!(!scan(&bytes));
     }
 
     #[test]
