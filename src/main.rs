@@ -4,14 +4,19 @@
 // The allocator: jemalloc, chosen by measurement against the system allocator and mimalloc
 // (BENCHMARKS.md, "Allocator"). Two arenas (the worker threads keep their own caches), and
 // freed pages go back to the OS after a second rather than ten, which keeps RSS after a burst
-// near the system allocator's.
+// near the system allocator's. Each small size class's thread cache holds at least 64 objects
+// (jemalloc's floor is 20): hyper takes a fresh 8 KiB read buffer per request on each side, in
+// bursts as wide as the connections that became readable together, and with 20 slots every
+// burst went to the arena for slabs (3.5k instructions per request; BENCHMARKS.md, "Allocator's
+// thread cache").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8; 50] = b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
+pub static malloc_conf: &[u8; 77] =
+    b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:1000,tcache_nslots_small_min:64\0";
 #[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -80,3 +80,18 @@ async fn port_in_use_fails_naming_the_listener() {
         stderr(&e)
     );
 }
+
+/// The allocator's built-in configuration (`malloc_conf` in `src/main.rs`) is one jemalloc
+/// accepts: it names an unknown or malformed option on stderr, and otherwise says nothing.
+#[test]
+fn the_allocator_accepts_its_built_in_configuration() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tracemesh"))
+        .arg("--version")
+        .env_remove("_RJEM_MALLOC_CONF")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("<jemalloc>"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tracemesh "));
+}
