@@ -316,13 +316,23 @@ thread_local! {
 /// headers (`server`, `content-type`, ...), which were then sent and indexed anew on every
 /// message: 9k instructions of HPACK work per proxied h2c request (callgrind, BENCHMARKS.md).
 pub(crate) fn ascii_value(bytes: &[u8]) -> HeaderValue {
-    let shared = ARENA.with_borrow_mut(|arena| {
+    ascii_header(arena_bytes(bytes))
+}
+
+/// A copy of `bytes` cut from the per-thread arena, for callers that make several header
+/// values out of one copy (slices of it).
+pub(crate) fn arena_bytes(bytes: &[u8]) -> bytes::Bytes {
+    ARENA.with_borrow_mut(|arena| {
         if arena.capacity() < bytes.len() {
             *arena = bytes::BytesMut::with_capacity(ARENA_CHUNK.max(bytes.len()));
         }
         arena.extend_from_slice(bytes);
         arena.split().freeze()
-    });
+    })
+}
+
+/// `shared`, visible ASCII, as a header value marked sensitive (see [`ascii_value`]).
+pub(crate) fn ascii_header(shared: bytes::Bytes) -> HeaderValue {
     let mut value =
         HeaderValue::from_maybe_shared(shared).expect("visible ASCII is a valid header value");
     value.set_sensitive(true);

@@ -175,13 +175,19 @@ pub fn response_context(trace: TraceId, span: SpanId) -> [u8; 55] {
 /// `trace` entry appended to `server-timing` (others kept; an old `trace` entry dropped).
 pub fn write_response_context(headers: &mut HeaderMap, trace: TraceId, span: SpanId) {
     let value = response_context(trace, span);
-    // Both values are cut from the per-thread header arena: no allocation of their own.
-    headers.insert(TRACERESPONSE.clone(), crate::context::ascii_value(&value));
-    if !headers.contains_key(&SERVER_TIMING) {
-        let mut timing = [0u8; 11 + 55];
-        timing[..11].copy_from_slice(b"trace;desc=");
-        timing[11..].copy_from_slice(&value);
-        headers.insert(SERVER_TIMING.clone(), crate::context::ascii_value(&timing));
+    // Both values are one copy in the per-thread header arena, `traceresponse` the tail of
+    // the `server-timing` entry: no allocation of their own.
+    let mut timing = [0u8; 11 + 55];
+    timing[..11].copy_from_slice(b"trace;desc=");
+    timing[11..].copy_from_slice(&value);
+    let shared = crate::context::arena_bytes(&timing);
+    headers.insert(
+        TRACERESPONSE.clone(),
+        crate::context::ascii_header(shared.slice(11..)),
+    );
+    // One hash of the name whether the app sent a `server-timing` or not.
+    if let http::header::Entry::Vacant(slot) = headers.entry(SERVER_TIMING.clone()) {
+        slot.insert(crate::context::ascii_header(shared));
         return;
     }
     // The app's own server-timing (rare): rebuilt with ours appended.

@@ -133,11 +133,6 @@ where
             None => Retain::default(),
         };
         drop(policy);
-        // Ours, and decided: it goes no further, so an app that copies headers onto its own
-        // calls cannot carry a force-trace from an untrusted caller to a trusted listener.
-        if req.headers().contains_key(&FORCE_TRACE) {
-            req.headers_mut().remove(&FORCE_TRACE);
-        }
         let sampled = decision.sampled();
         let ctx = SpanContext {
             trace_id: decision.trace_id,
@@ -190,34 +185,33 @@ where
             req.extensions_mut().insert(counter.clone());
             counter
         });
-        let record = (exports || logged).then(|| {
-            let headers = req.headers();
-            SpanRecord {
-                kind: layer.kind,
-                context: ctx,
-                parent,
-                tracestate,
-                start: SystemTime::now(),
-                duration: Default::default(),
-                method: req.method().clone(),
-                text: super::text::RequestText::new(
-                    req.uri(),
-                    headers.get(header::HOST).map(HeaderValue::as_bytes),
-                    headers.get(header::USER_AGENT).map(HeaderValue::as_bytes),
-                ),
-                version: req.version(),
-                client: layer.client,
-                upstream: layer.upstream,
-                grpc,
-                route,
-                status: None,
-                grpc_status: None,
-                grpc_message: None,
-                outcome: Outcome::Complete,
-                reason: None,
-                link,
-            }
+        let read = ReadHeaders::scan(req.headers());
+        let record = (exports || logged).then(|| SpanRecord {
+            kind: layer.kind,
+            context: ctx,
+            parent,
+            tracestate,
+            start: SystemTime::now(),
+            duration: Default::default(),
+            method: req.method().clone(),
+            text: super::text::RequestText::new(req.uri(), read.host, read.user_agent),
+            version: req.version(),
+            client: layer.client,
+            upstream: layer.upstream,
+            grpc,
+            route,
+            status: None,
+            grpc_status: None,
+            grpc_message: None,
+            outcome: Outcome::Complete,
+            reason: None,
+            link,
         });
+        // Ours, and decided: it goes no further, so an app that copies headers onto its own
+        // calls cannot carry a force-trace from an untrusted caller to a trusted listener.
+        if read.force_trace {
+            req.headers_mut().remove(&FORCE_TRACE);
+        }
         // RED counts every request, sampled or not; only sampled ones carry an exemplar.
         let red = telemetry.metrics().red.as_ref().map(|_| RedLabels {
             direction: layer.kind,
@@ -286,6 +280,35 @@ fn keep_trace(
         telemetry.keep(record, reason);
     }
     true
+}
+
+/// The request headers a span reads once the context is injected, from one pass over them
+/// rather than a lookup each (each lookup hashes its name, and the force-trace header's is
+/// long and usually absent).
+struct ReadHeaders<'a> {
+    host: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+    force_trace: bool,
+}
+
+impl<'a> ReadHeaders<'a> {
+    fn scan(headers: &'a HeaderMap) -> Self {
+        let mut read = ReadHeaders {
+            host: None,
+            user_agent: None,
+            force_trace: false,
+        };
+        for (name, value) in headers {
+            if name == header::HOST {
+                read.host = read.host.or(Some(value.as_bytes()));
+            } else if name == header::USER_AGENT {
+                read.user_agent = read.user_agent.or(Some(value.as_bytes()));
+            } else if name == FORCE_TRACE {
+                read.force_trace = true;
+            }
+        }
+        read
+    }
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -117,12 +117,21 @@ impl std::fmt::Debug for RequestText {
 /// to 80. `None` for a value that has no host or is not an authority (userinfo, a path, spaces).
 pub fn host_port(authority: &str) -> Option<(&str, u16)> {
     let valid = |b: u8| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'@' | b'"');
-    if !authority.bytes().all(valid) {
-        return None;
+    // One pass: every byte valid, and where the last `:` and the last `]` are.
+    let (mut colon, mut bracket) = (None, None);
+    for (i, b) in authority.bytes().enumerate() {
+        if !valid(b) {
+            return None;
+        }
+        match b {
+            b':' => colon = Some(i),
+            b']' => bracket = Some(i),
+            _ => {}
+        }
     }
-    let (host, port) = match authority.rfind(':') {
+    let (host, port) = match colon {
         // `[::1]` alone: the colon is inside the brackets.
-        Some(i) if !authority[i..].contains(']') => {
+        Some(i) if bracket.is_none_or(|j| j < i) => {
             (&authority[..i], authority[i + 1..].parse().ok()?)
         }
         _ => (authority, 80),

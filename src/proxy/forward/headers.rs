@@ -24,7 +24,8 @@ use http::{
 use super::ForwardError;
 use crate::proxy::conn::Activity;
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), in the order of
+/// [`Present`]'s bits.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -68,21 +69,25 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if req.version() < Version::HTTP_2 {
+        let present = Present::scan(req.headers());
+        let http1 = req.version() < Version::HTTP_2;
+        if http1 {
             let ambiguous = self.activity.as_ref().is_some_and(|a| a.take_ambiguous());
             let framing = if ambiguous {
                 Err(ForwardError::Framing(
                     "both Content-Length and Transfer-Encoding",
                 ))
-            } else {
+            } else if present.has(TRANSFER_ENCODING_BIT) {
                 check_framing(req.headers())
+            } else {
+                Ok(())
             };
             if let Err(e) = framing {
                 req.extensions_mut().insert(e);
             }
         }
-        let upgrade = req.version() < Version::HTTP_2 && wants_upgrade(req.headers());
-        strip_hop_by_hop(req.headers_mut(), upgrade);
+        let upgrade = http1 && present.has(UPGRADE_BIT) && wants_upgrade(req.headers());
+        strip_present(req.headers_mut(), upgrade, present);
         self.inner.call(req)
     }
 }
@@ -102,35 +107,63 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ForwardError> {
 /// Removes hop-by-hop headers, including any the `Connection` header names. `TE: trailers` is
 /// kept: gRPC requires it end to end. `keep_upgrade` keeps `Connection: upgrade` + `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names finds which of these are present. Most messages carry none, and
-    // a `remove` of a missing name still hashes it: the six removes and the `TE` lookup this
-    // replaced, on the request and the response, were 2.4k instructions per proxied request
-    // (callgrind, BENCHMARKS.md).
-    const TE_BIT: u8 = 1 << HOP_BY_HOP.len();
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        } else if name == header::TE {
-            present |= TE_BIT;
+    strip_present(headers, keep_upgrade, Present::scan(headers));
+}
+
+/// Bits of [`Present`]: the index in [`HOP_BY_HOP`], and `TE` after them.
+const CONNECTION_BIT: u8 = 1 << 0;
+const TRANSFER_ENCODING_BIT: u8 = 1 << 4;
+const UPGRADE_BIT: u8 = 1 << 5;
+const TE_BIT: u8 = 1 << HOP_BY_HOP.len();
+
+/// Which of the hop-by-hop headers and `TE` a message carries, from one pass over its names.
+///
+/// Most messages carry none of them, and a lookup or `remove` of a missing name still hashes
+/// it: the six removes, the `TE` lookup and the framing and upgrade lookups this replaced were
+/// 2.4k instructions per proxied request (callgrind, BENCHMARKS.md). The names are matched as
+/// strings (a length switch, then one compare) rather than against each `HeaderName` in turn.
+#[derive(Clone, Copy)]
+struct Present(u8);
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Self {
+        let mut bits = 0u8;
+        for name in headers.keys() {
+            bits |= match name.as_str() {
+                "connection" => CONNECTION_BIT,
+                "keep-alive" => 1 << 1,
+                "proxy-connection" => 1 << 2,
+                "proxy-authorization" => 1 << 3,
+                "transfer-encoding" => TRANSFER_ENCODING_BIT,
+                "upgrade" => UPGRADE_BIT,
+                "te" => TE_BIT,
+                _ => 0,
+            };
         }
+        Present(bits)
     }
-    if present == 0 {
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+fn strip_present(headers: &mut HeaderMap, keep_upgrade: bool, present: Present) {
+    if present.0 == 0 {
         return;
     }
-    // HOP_BY_HOP[0] is `Connection`.
-    if present & 1 != 0 {
+    if present.has(CONNECTION_BIT) {
         nominated_by_connection(headers, keep_upgrade);
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) == 0
+        if !present.has(1 << i)
             || keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE)
         {
             continue;
         }
         headers.remove(name);
     }
-    if present & TE_BIT != 0 {
+    if present.has(TE_BIT) {
         if let Some(te) = headers.get(header::TE) {
             if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
                 headers.remove(header::TE);
@@ -217,6 +250,22 @@ pub fn prepare<B>(req: &mut Request<B>, fallback_host: impl FnOnce() -> Authorit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hop_by_hop_name_sets_its_own_bit() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            assert_eq!(Present::scan(&h).0, 1 << i, "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        assert_eq!(Present::scan(&h).0, TE_BIT);
+        h.insert("x-keep-alive", HeaderValue::from_static("1"));
+        h.remove(header::TE);
+        assert_eq!(Present::scan(&h).0, 0);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_listed_ones_are_removed() {
