@@ -118,14 +118,15 @@ impl tower::Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> ForwardFuture {
-        let this = self.0.clone();
-        Box::pin(async move { this.forward(req).await })
+        // `forward`'s own future, boxed: a wrapping `async move` block would hold a second
+        // copy of the request (its captured argument) for the whole exchange.
+        Box::pin(self.0.clone().forward(req))
     }
 }
 
 impl ForwardInner {
     async fn forward(
-        &self,
+        self: Arc<Self>,
         mut req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         let in_flight = self.activity.begin();

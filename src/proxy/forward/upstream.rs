@@ -307,7 +307,9 @@ async fn wait_response(
         r = &mut fut => return r.map_err(WaitError::from),
         () = body.ended() => {}
     }
-    match tokio::time::timeout(timeout, fut).await {
+    // By reference: moving the pinned future into the timeout would give it a second slot in
+    // this future's state.
+    match tokio::time::timeout(timeout, &mut fut).await {
         Ok(r) => r.map_err(WaitError::from),
         Err(_) => Err(WaitError::Timeout(timeout)),
     }
