@@ -125,55 +125,64 @@ impl tower::Service<Request<Incoming>> for Forward {
 }
 
 impl ForwardInner {
-    async fn forward(
+    /// Not an `async fn`: see [`Upstream::send`] for why.
+    // On purpose (see `Upstream::send`): the `async fn` form keeps its arguments twice.
+    #[allow(clippy::manual_async_fn)]
+    fn forward(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ForwardError> {
-        let in_flight = self.activity.begin();
-        if let Some(e) = req.extensions_mut().remove::<ForwardError>() {
-            return Err(e);
-        }
-        let dest = self.target.destination(&req)?;
-        if req.method() == Method::CONNECT {
-            if self.direction == Direction::Inbound {
-                return Err(ForwardError::MethodNotAllowed("CONNECT"));
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ForwardError>> + Send {
+        async move {
+            let in_flight = self.activity.begin();
+            if let Some(e) = req.extensions_mut().remove::<ForwardError>() {
+                return Err(e);
             }
-            return tunnel::connect(req, dest, &self.connector, self.stream.clone()).await;
-        }
+            let dest = self.target.destination(&req)?;
+            if req.method() == Method::CONNECT {
+                if self.direction == Direction::Inbound {
+                    return Err(ForwardError::MethodNotAllowed("CONNECT"));
+                }
+                return tunnel::connect(req, dest, &self.connector, self.stream.clone()).await;
+            }
 
-        let http1 = req.version() < Version::HTTP_2;
-        let on_upgrade =
-            (http1 && wants_upgrade(req.headers())).then(|| hyper::upgrade::on(&mut req));
-        prepare(&mut req, || dest.authority());
-        let (parts, mut body) = req.into_parts();
-        // Not with `Expect: 100-continue`: reading ahead would send the 100 before the app could
-        // refuse the upload.
-        let chunked = http1
-            && !body.is_end_stream()
-            && !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && !parts.headers.contains_key(header::EXPECT);
-        let first = if chunked {
-            read_ahead(&mut body, READ_AHEAD)
-                .await
-                .map_err(|e| ForwardError::ClientBody {
-                    source: Some(Arc::new(e)),
-                })?
-        } else {
-            None
-        };
-        let counted = parts
-            .extensions
-            .get::<crate::telemetry::RequestBytes>()
-            .cloned();
-        let (body, sent) = RequestBody::new(body, first, counted);
-        let req = Request::from_parts(parts, body);
+            let http1 = req.version() < Version::HTTP_2;
+            let on_upgrade =
+                (http1 && wants_upgrade(req.headers())).then(|| hyper::upgrade::on(&mut req));
+            prepare(&mut req, || dest.authority());
+            // In a block of its own, so its locals (the head's parts) are not kept in this
+            // future's state while the response is awaited.
+            let (req, sent) = {
+                let (parts, mut body) = req.into_parts();
+                // Not with `Expect: 100-continue`: reading ahead would send the 100 before the
+                // app could refuse the upload.
+                let chunked = http1
+                    && !body.is_end_stream()
+                    && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                    && !parts.headers.contains_key(header::EXPECT);
+                let first = if chunked {
+                    read_ahead(&mut body, READ_AHEAD).await.map_err(|e| {
+                        ForwardError::ClientBody {
+                            source: Some(Arc::new(e)),
+                        }
+                    })?
+                } else {
+                    None
+                };
+                let counted = parts
+                    .extensions
+                    .get::<crate::telemetry::RequestBytes>()
+                    .cloned();
+                let (body, sent) = RequestBody::new(body, first, counted);
+                (Request::from_parts(parts, body), sent)
+            };
 
-        let mut rsp = self.upstream.send(&dest, req, &sent).await?;
-        let upgraded = rsp.status() == StatusCode::SWITCHING_PROTOCOLS && on_upgrade.is_some();
-        if let (true, Some(client)) = (upgraded, on_upgrade) {
-            tunnel::upgraded(client, &mut rsp, self.stream.clone());
+            let mut rsp = self.upstream.send(&dest, req, &sent).await?;
+            let upgraded = rsp.status() == StatusCode::SWITCHING_PROTOCOLS && on_upgrade.is_some();
+            if let (true, Some(client)) = (upgraded, on_upgrade) {
+                tunnel::upgraded(client, &mut rsp, self.stream.clone());
+            }
+            strip_hop_by_hop(rsp.headers_mut(), upgraded);
+            Ok(rsp.map(|body| ProxyBody::upstream(body, in_flight)))
         }
-        strip_hop_by_hop(rsp.headers_mut(), upgraded);
-        Ok(rsp.map(|body| ProxyBody::upstream(body, in_flight)))
     }
 }

@@ -48,20 +48,17 @@ impl BodyState {
         self.state.load(Ordering::Acquire) == FAILED
     }
 
-    /// Resolves once the body has ended, well or not.
-    pub async fn ended(&self) {
-        poll_fn(|cx| {
-            if self.state.load(Ordering::Acquire) != SENDING {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.state.load(Ordering::Acquire) != SENDING {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+    /// Ready once the body has ended, well or not; until then `cx` is woken when it does.
+    pub fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.load(Ordering::Acquire) != SENDING {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.state.load(Ordering::Acquire) != SENDING {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

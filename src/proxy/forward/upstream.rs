@@ -8,7 +8,16 @@
 //! [`Connector`] opens connections: it resolves the destination, refuses any address that is
 //! the proxy itself ([`super::SelfAddrs`], 508), and connects with `--connect-timeout`.
 
-use std::{net::SocketAddr, sync::Mutex, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Mutex,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::future::Either;
 
 use http::{uri::Authority, Request, Response};
 use hyper::{
@@ -16,6 +25,7 @@ use hyper::{
     client::conn::{http1, http2, TrySendError},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
 use super::{
@@ -131,92 +141,113 @@ impl Upstream {
     /// Sends `req` to `dest` and waits for the response headers: at most `--response-timeout`
     /// once the request body has been sent whole (`body` says when).
     ///
+    /// Not an `async fn`, here and in [`send_on`](Self::send_on): an `async fn` moves its
+    /// arguments into locals and keeps both slots in its state, and these states, the request
+    /// (376 bytes) inside each, make up the future every request boxes. An `async move` block
+    /// uses what it captured in place.
+    ///
     /// # Errors
     /// Connection failures, [`ForwardError::Timeout`], [`ForwardError::ClientBody`] when the
     /// client's body failed, else [`ForwardError::Upstream`].
-    pub async fn send(
-        &self,
-        dest: &Destination,
+    // On purpose (see `Upstream::send`): the `async fn` form keeps its arguments twice.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        &'a self,
+        dest: &'a Destination,
         req: Request<RequestBody>,
-        body: &BodyState,
-    ) -> Result<Response<Incoming>, ForwardError> {
-        let key = DestKey::from(dest);
-        let res = match self.checkout(&key) {
-            Some(sender) => match self.send_on(sender, key.clone(), false, req, body).await {
-                // The reused connection closed before the request was written to it (the app
-                // timed out an idle keep-alive connection, or sent GOAWAY): nothing reached the
-                // app, so the request goes once more, on a new connection.
-                Err(WaitError::Unsent(req, _)) => {
-                    let sender = self.open(dest).await?;
-                    self.send_on(sender, key, true, *req, body).await
-                }
-                r => r,
-            },
-            None if self.h2 => {
-                // Held while opening only, never while a response is awaited.
-                let sender = {
-                    let _opening = self.opening.lock().await;
-                    match self.checkout(&key) {
-                        // Another stream opened it meanwhile.
-                        Some(sender) => sender,
-                        None => {
-                            let sender = self.open(dest).await?;
-                            if let Sender::H2(tx) = &sender {
-                                self.checkin(key.clone(), Sender::H2(tx.clone()));
-                            }
-                            sender
-                        }
+        body: &'a BodyState,
+    ) -> impl Future<Output = Result<Response<Incoming>, ForwardError>> + 'a {
+        async move {
+            let key = DestKey::from(dest);
+            let res = 'sent: {
+                match self.checkout(&key) {
+                    Some(sender) => {
+                        // The reused connection closed before the request was written to it
+                        // (the app timed out an idle keep-alive connection, or sent GOAWAY):
+                        // nothing reached the app, so the request goes once more, on a new
+                        // connection. Matched apart from the retry, so the first attempt's
+                        // result is not held while the new connection opens.
+                        let req = match self.send_on(sender, key.clone(), false, req, body).await {
+                            Err(WaitError::Unsent(req, _)) => req,
+                            r => break 'sent r,
+                        };
+                        let sender = self.open(dest).await?;
+                        self.send_on(sender, key, true, *req, body).await
                     }
-                };
-                self.send_on(sender, key, false, req, body).await
-            }
-            None => {
-                let sender = self.open(dest).await?;
-                self.send_on(sender, key, true, req, body).await
-            }
-        };
-        res.map_err(|e| match e {
-            WaitError::Timeout(after) => ForwardError::Timeout {
-                addr: dest.authority(),
-                after,
-            },
-            WaitError::Hyper(_) | WaitError::Unsent(..) if body.client_failed() => {
-                ForwardError::ClientBody { source: None }
-            }
-            WaitError::Hyper(source) | WaitError::Unsent(_, source) => ForwardError::Upstream {
-                addr: dest.authority(),
-                source: std::sync::Arc::new(source),
-            },
-        })
+                    None if self.h2 => {
+                        // Held while opening only, never while a response is awaited.
+                        let sender = {
+                            let _opening = self.opening.lock().await;
+                            match self.checkout(&key) {
+                                // Another stream opened it meanwhile.
+                                Some(sender) => sender,
+                                None => {
+                                    let sender = self.open(dest).await?;
+                                    if let Sender::H2(tx) = &sender {
+                                        self.checkin(key.clone(), Sender::H2(tx.clone()));
+                                    }
+                                    sender
+                                }
+                            }
+                        };
+                        self.send_on(sender, key, false, req, body).await
+                    }
+                    None => {
+                        let sender = self.open(dest).await?;
+                        self.send_on(sender, key, true, req, body).await
+                    }
+                }
+            };
+            res.map_err(|e| match e {
+                WaitError::Timeout(after) => ForwardError::Timeout {
+                    addr: dest.authority(),
+                    after,
+                },
+                WaitError::Hyper(_) | WaitError::Unsent(..) if body.client_failed() => {
+                    ForwardError::ClientBody { source: None }
+                }
+                WaitError::Hyper(source) | WaitError::Unsent(_, source) => ForwardError::Upstream {
+                    addr: dest.authority(),
+                    source: std::sync::Arc::new(source),
+                },
+            })
+        }
     }
 
     /// Sends `req` on `sender`, kept for the next request (HTTP/1) or shared (HTTP/2, `fresh`
     /// only: a reused one is in the slot already).
-    async fn send_on(
-        &self,
+    // On purpose (see `Upstream::send`): the `async fn` form keeps its arguments twice.
+    #[allow(clippy::manual_async_fn)]
+    fn send_on<'a>(
+        &'a self,
         sender: Sender,
         key: DestKey,
         fresh: bool,
         req: Request<RequestBody>,
-        body: &BodyState,
-    ) -> Result<Response<Incoming>, WaitError> {
-        let timeout = self.connector.response_timeout;
-        match sender {
-            Sender::H1(mut tx) => {
-                if let Err(e) = tx.ready().await {
-                    return Err(WaitError::Unsent(Box::new(req), e));
+        body: &'a BodyState,
+    ) -> impl Future<Output = Result<Response<Incoming>, WaitError>> + 'a {
+        async move {
+            let timeout = self.connector.response_timeout;
+            // One await of one `WaitResponse` for both protocols: each await of its own is a
+            // state of this future, with the request future inside.
+            let sent = match sender {
+                Sender::H1(mut tx) => {
+                    if let Err(e) = tx.ready().await {
+                        return Err(WaitError::Unsent(Box::new(req), e));
+                    }
+                    let fut = tx.try_send_request(req);
+                    self.checkin(key, Sender::H1(tx));
+                    Either::Left(fut)
                 }
-                let fut = tx.try_send_request(req);
-                self.checkin(key, Sender::H1(tx));
-                wait_response(fut, body, timeout).await
-            }
-            Sender::H2(mut tx) => {
-                let fut = tx.try_send_request(req);
-                if fresh {
-                    self.checkin(key, Sender::H2(tx));
+                Sender::H2(mut tx) => {
+                    let fut = tx.try_send_request(req);
+                    if fresh {
+                        self.checkin(key, Sender::H2(tx));
+                    }
+                    Either::Right(fut)
                 }
-                wait_response(fut, body, timeout).await
-            }
+            };
+            WaitResponse::new(sent, body, timeout).await
         }
     }
 
@@ -240,8 +271,17 @@ impl Upstream {
         *self.slot.lock().expect("upstream slot poisoned") = Some(Pooled { dest, sender });
     }
 
-    /// A new connection to `dest`, ready for a request.
-    async fn open(&self, dest: &Destination) -> Result<Sender, ForwardError> {
+    /// A new connection to `dest`, ready for a request. Boxed: it is awaited once per
+    /// connection, and its state (the connect and the handshake, 1.2 KB) would otherwise be a
+    /// state of every request's future.
+    fn open<'a>(
+        &'a self,
+        dest: &'a Destination,
+    ) -> Pin<Box<dyn Future<Output = Result<Sender, ForwardError>> + Send + 'a>> {
+        Box::pin(self.open_now(dest))
+    }
+
+    async fn open_now(&self, dest: &Destination) -> Result<Sender, ForwardError> {
         let (stream, _addr) = self.connector.connect(dest).await?;
         let io = TokioIo::new(stream);
         let failed = |source| ForwardError::Upstream {
@@ -295,22 +335,52 @@ impl From<TrySendError<Request<RequestBody>>> for WaitError {
 
 type Sent = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
 
-/// The response headers, waiting at most `timeout` after the body has been sent.
-async fn wait_response(
-    fut: impl std::future::Future<Output = Sent>,
-    body: &BodyState,
-    timeout: Duration,
-) -> Result<Response<Incoming>, WaitError> {
-    tokio::pin!(fut);
-    tokio::select! {
-        biased;
-        r = &mut fut => return r.map_err(WaitError::from),
-        () = body.ended() => {}
+pin_project! {
+    /// The response headers, waiting at most `timeout` after the body has been sent.
+    ///
+    /// Written by hand: as an `async fn` (a biased `select!` on the response and the body's end,
+    /// then `tokio::time::timeout`) it held the request future twice, as its argument and as
+    /// the pinned local, 960 bytes inside every request's boxed future.
+    struct WaitResponse<'a, F> {
+        #[pin]
+        sent: F,
+        body: &'a BodyState,
+        timeout: Duration,
+        // Armed once the body has ended.
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
     }
-    // By reference: moving the pinned future into the timeout would give it a second slot in
-    // this future's state.
-    match tokio::time::timeout(timeout, &mut fut).await {
-        Ok(r) => r.map_err(WaitError::from),
-        Err(_) => Err(WaitError::Timeout(timeout)),
+}
+
+impl<'a, F> WaitResponse<'a, F> {
+    fn new(sent: F, body: &'a BodyState, timeout: Duration) -> Self {
+        WaitResponse {
+            sent,
+            body,
+            timeout,
+            timer: None,
+        }
+    }
+}
+
+impl<F: Future<Output = Sent>> Future for WaitResponse<'_, F> {
+    type Output = Result<Response<Incoming>, WaitError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // The response first: one that is ready wins over a timeout that is due.
+        if let Poll::Ready(r) = this.sent.poll(cx) {
+            return Poll::Ready(r.map_err(WaitError::from));
+        }
+        if this.timer.is_none() {
+            if this.body.poll_ended(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.timer.set(Some(tokio::time::sleep(*this.timeout)));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(WaitError::Timeout(*this.timeout))),
+            _ => Poll::Pending,
+        }
     }
 }
