@@ -86,7 +86,7 @@ case "$TM_BIN" in /*) ;; *) TM_BIN="$ROOT/$TM_BIN" ;; esac
 BASE_BIN="${TRACEMESH_BASE_BIN:-}"
 case "$BASE_BIN" in /*|'') ;; *) BASE_BIN="$ROOT/$BASE_BIN" ;; esac
 # The syscalls BENCH_STAT names one by one (all of them are counted in the total).
-STAT_SYSCALLS="epoll_wait epoll_pwait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg futex accept4 close"
+STAT_SYSCALLS="epoll_wait epoll_pwait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg futex accept4 close madvise mmap munmap"
 TM_RUST_LOG="${TRACEMESH_RUST_LOG:-warn}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
 CALLGRIND="${BENCH_CALLGRIND:-0}"
@@ -505,7 +505,7 @@ measure() { # leg proto
   if [ "$proto" = h1 ]; then h1flag=(--h1); else streams="$RATE_H2_STREAMS"; fi
   local stat_pid=""
   if [ "${BENCH_STAT:-0}" = 1 ]; then
-    local events=raw_syscalls:sys_enter,context-switches sc
+    local events=raw_syscalls:sys_enter,context-switches,page-faults sc
     for sc in $STAT_SYSCALLS; do events="$events,syscalls:sys_enter_$sc"; done
     perf stat -x, -e "$events" -o "$base-stat.csv" -p "$(IFS=,; echo "${MEASURE[*]}")" \
       -- sleep "$SECS" >"$base-stat.log" 2>&1 &

@@ -255,16 +255,18 @@ def report(results_path, meta_path):
         w("## Syscalls per request (BENCH_STAT)")
         w("")
         w("`perf stat` tracepoint counts over the fixed-rate run, divided by the requests it "
-          "completed: all syscalls, context switches, and the named syscalls above 0.05 per request.")
+          "completed: all syscalls, context switches, page faults, and the named syscalls above "
+          "0.05 per request (`madvise` is the allocator returning pages, a page fault taking one back).")
         w("")
-        w("| leg | proto | syscalls | context switches | by syscall |")
-        w("|---|---|--:|--:|---|")
+        w("| leg | proto | syscalls | context switches | page faults | by syscall |")
+        w("|---|---|--:|--:|--:|---|")
         for leg, proto, st in stats:
             named = sorted(((k[3:], v) for k, v in st.items() if k.startswith("sc_") and v >= 0.05),
                            key=lambda kv: -kv[1])
-            w("| %s | %s | %s | %s | %s |" % (
+            w("| %s | %s | %s | %s | %s | %s |" % (
                 LEG_NAMES[leg], PROTO_NAMES[proto], fmt(st["syscalls_per_req"]),
-                fmt(st.get("cs_per_req")), ", ".join("%s %.2f" % kv for kv in named)))
+                fmt(st.get("cs_per_req")), fmt(st.get("pf_per_req")),
+                ", ".join("%s %.2f" % kv for kv in named)))
         w("")
     instr = [(leg, proto, by[(leg, proto)]["instr"]) for proto in ("h1", "h2c") for leg in LEG_ORDER
              if "instr_per_req" in by.get((leg, proto), {}).get("instr", {})]
@@ -357,6 +359,8 @@ def parse_stat(leg, proto, csv_path, fixed_path):
             r["syscalls_per_req"] = value / done
         elif event == "context-switches":
             r["cs_per_req"] = value / done
+        elif event == "page-faults":
+            r["pf_per_req"] = value / done
         elif event.startswith("syscalls:sys_enter_"):
             r["sc_" + event[len("syscalls:sys_enter_"):]] = value / done
     return r

@@ -7,8 +7,8 @@
 // near the system allocator's. Each small size class's thread cache holds at least 64 objects
 // (jemalloc's floor is 20): hyper takes a fresh 8 KiB read buffer per request on each side, in
 // bursts as wide as the connections that became readable together, and with 20 slots every
-// burst went to the arena for slabs (3.5k instructions per request; BENCHMARKS.md, "Allocator's
-// thread cache").
+// burst went to the arena for slabs (3.5k instructions per request; BENCHMARKS.md, "The
+// allocator's thread cache").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
