@@ -126,8 +126,7 @@ impl tower::Service<Request<Incoming>> for Forward {
 
 impl ForwardInner {
     /// Not an `async fn`: see [`Upstream::send`] for why.
-    // On purpose (see `Upstream::send`): the `async fn` form keeps its arguments twice.
-    #[allow(clippy::manual_async_fn)]
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
     fn forward(
         self: Arc<Self>,
         mut req: Request<Incoming>,

@@ -149,8 +149,7 @@ impl Upstream {
     /// # Errors
     /// Connection failures, [`ForwardError::Timeout`], [`ForwardError::ClientBody`] when the
     /// client's body failed, else [`ForwardError::Upstream`].
-    // On purpose (see `Upstream::send`): the `async fn` form keeps its arguments twice.
-    #[allow(clippy::manual_async_fn)]
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
     pub fn send<'a>(
         &'a self,
         dest: &'a Destination,
@@ -216,8 +215,7 @@ impl Upstream {
 
     /// Sends `req` on `sender`, kept for the next request (HTTP/1) or shared (HTTP/2, `fresh`
     /// only: a reused one is in the slot already).
-    // On purpose (see `Upstream::send`): the `async fn` form keeps its arguments twice.
-    #[allow(clippy::manual_async_fn)]
+    #[allow(clippy::manual_async_fn)] // on purpose, see `send`
     fn send_on<'a>(
         &'a self,
         sender: Sender,
