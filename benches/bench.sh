@@ -4,6 +4,8 @@
 #   1 direct             client -> upstream nginx
 #   2 nginx              client -> nginx reverse proxy (keep-alive pool, HTTP/1.1 upstream) -> upstream
 #   2b haproxy           client -> HAProxy (one thread, shared keep-alive upstream connections) -> upstream
+#      haproxy-h2        h2c only: the same HAProxy speaking HTTP/2 to the upstream's h2c port, like
+#                        tracemesh and Envoy (nginx and the haproxy leg translate h2c to HTTP/1.1)
 #   3 envoy              client -> Envoy, OpenTelemetry tracer, 100% sampled, OTLP/HTTP -> sink
 #   4 tracemesh          client -> tracemesh inbound, always_on, OTLP http/protobuf -> sink
 #   5 tracemesh-notrace  client -> tracemesh inbound, OTEL_TRACES_EXPORTER=none
@@ -356,14 +358,17 @@ start_leg() { # leg proto ; returns 1 when the leg cannot run
       wait_port "$TARGET_PORT" "$LAST_PID" "$START_SECS" || { log "nginx proxy did not start"; tail -5 "$RUN/nginx-proxy-$proto.error.log" >&2 || true; return 1; }
       MEASURE=("$LAST_PID" $(children "$LAST_PID"))
       ;;
-    haproxy)
+    haproxy|haproxy-h2)
       command -v haproxy >/dev/null 2>&1 || { log "haproxy not installed: bash benches/install-deps.sh"; return 1; }
+      local backend=app
+      [ "$leg" = haproxy-h2 ] && backend=app_h2 # h2c only: the main loop skips it on HTTP/1.1
       alloc_port p1; alloc_port p2
-      render "$HERE/haproxy.cfg" "$RUN/haproxy-$proto.cfg" TAG="$proto" UP_H1="$UP_H1" PROXY_H1="$p1" PROXY_H2="$p2"
-      start_bg "$PROXY_CPU" "$RUN/haproxy-$proto.log" haproxy -db -f "$RUN/haproxy-$proto.cfg"
+      render "$HERE/haproxy.cfg" "$RUN/$leg-$proto.cfg" TAG="$proto" UP_H1="$UP_H1" UP_H2="$UP_H2" \
+        PROXY_H1="$p1" PROXY_H2="$p2" H2_BACKEND="$backend"
+      start_bg "$PROXY_CPU" "$RUN/$leg-$proto.log" haproxy -db -f "$RUN/$leg-$proto.cfg"
       STOP=("$LAST_PID"); MEASURE=("$LAST_PID")
       if [ "$proto" = h1 ]; then TARGET_PORT="$p1"; else TARGET_PORT="$p2"; fi
-      wait_port "$TARGET_PORT" "$LAST_PID" || { log "HAProxy did not start"; tail -5 "$RUN/haproxy-$proto.log" >&2 || true; return 1; }
+      wait_port "$TARGET_PORT" "$LAST_PID" || { log "HAProxy did not start"; tail -5 "$RUN/$leg-$proto.log" >&2 || true; return 1; }
       ;;
     envoy|envoy-notrace)
       alloc_port p1; alloc_port p2; alloc_port adm
@@ -628,6 +633,8 @@ for leg in $RUN_LEGS; do
       printf '{"kind":"skipped","leg":"%s","proto":"%s","reason":"binary missing"}\n' "$leg" "$proto" >>"$RESULTS"
       continue
     fi
+    # On HTTP/1.1 this leg would be the haproxy leg again: not run, and no row.
+    [ "$leg" = haproxy-h2 ] && [ "$proto" = h1 ] && continue
     # Let the previous leg's sockets and processes wind down before this one is measured.
     [ "$CALLGRIND" = 1 ] || sleep "$SETTLE"
     log "=== $leg / $proto"

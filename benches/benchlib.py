@@ -21,6 +21,7 @@ LEG_NAMES = {
     "direct": "direct (no proxy)",
     "nginx": "nginx reverse proxy",
     "haproxy": "HAProxy reverse proxy",
+    "haproxy-h2": "HAProxy, HTTP/2 to the upstream",
     "envoy": "Envoy + OTel (100%)",
     "envoy-notrace": "Envoy, no tracing (reference)",
     "tracemesh": "tracemesh inbound, tracing on",
@@ -221,7 +222,7 @@ def report(results_path, meta_path):
         w("")
         any_tm = False
         for proto in ("h1", "h2c"):
-            refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "envoy", "floor")}
+            refs = {k: by.get((k, proto), {}) for k in ("direct", "nginx", "haproxy", "haproxy-h2", "envoy", "floor")}
             for leg in ("tracemesh", "tracemesh-nored", "tracemesh-notrace", "tracemesh-hop",
                         "tracemesh-1w", "tracemesh-2w", "tracemesh-1pct", "tracemesh-1pct-headonly",
                         "tracemesh-accesslog", "tracemesh-nodebug", "tracemesh-base"):
@@ -229,8 +230,8 @@ def report(results_path, meta_path):
                 if not d or d.get("skipped") or "closed" not in d:
                     continue
                 if not any_tm:
-                    w("| tracemesh leg | proto | metric | ÷ nginx | ÷ HAProxy | ÷ Envoy+OTel | ÷ floor | ÷ direct |")
-                    w("|---|---|---|--:|--:|--:|--:|--:|")
+                    w("| tracemesh leg | proto | metric | ÷ nginx | ÷ HAProxy | ÷ HAProxy h2 | ÷ Envoy+OTel | ÷ floor | ÷ direct |")
+                    w("|---|---|---|--:|--:|--:|--:|--:|--:|")
                     any_tm = True
                 metrics = [
                     ("closed-loop req/s", "closed", "rps", True),
@@ -243,7 +244,7 @@ def report(results_path, meta_path):
                 ]
                 for label, kind, key, vs_direct in metrics:
                     mine = d.get(kind, {}).get(key)
-                    cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "haproxy", "envoy", "floor")]
+                    cells = [ratio(mine, refs[r].get(kind, {}).get(key)) for r in ("nginx", "haproxy", "haproxy-h2", "envoy", "floor")]
                     cells.append(ratio(mine, refs["direct"].get(kind, {}).get(key)) if vs_direct else "—")
                     w("| %s | %s | %s | %s |" % (LEG_NAMES[leg], PROTO_NAMES[proto], label, " | ".join(cells)))
         if not any_tm:

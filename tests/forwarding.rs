@@ -3,16 +3,22 @@
 //! `Connection` header cannot strip the context the proxy injects; `--response-timeout` counts
 //! from the end of the request body (a slow upload and a long client stream both succeed);
 //! `--idle-timeout`, not the header-read timeout, closes an idle keep-alive connection; and an
-//! upgraded connection holds its place in `tracemesh_open_connections` until it closes.
+//! upgraded connection holds its place in `tracemesh_open_connections` until it closes. Every
+//! response is dated (RFC 9110 §6.6.1): the app's `Date` passes unchanged, and one the app did
+//! not date, or the proxy wrote itself, gets the proxy's.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    convert::Infallible,
+    time::{Duration, Instant, SystemTime},
+};
 
 use bytes::Bytes;
-use http::{header, Method, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{
     apps::{App, Behaviour},
     body::{digest_line, fnv1a64, BoxBody},
@@ -20,7 +26,7 @@ use support::{
     grpc::{EchoClient, GrpcServer},
     otlp::{OtlpReceiver, SpanKind},
     process::{Proxy, ProxyBuilder},
-    DEADLINE,
+    serve, DEADLINE,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -399,4 +405,77 @@ async fn an_upgraded_connection_counts_as_open_until_it_closes() {
     assert_eq!(p.metric(OPEN).await, Some(1.0));
     drop(stream);
     p.wait_for_series(OPEN, |v| v == 0.0).await;
+}
+
+/// The `Date` an app stamps on `/dated`; `/bare` gets none.
+const APP_DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+/// An app on HTTP/1.1 and h2c whose server adds no `Date` of its own.
+fn undated_app(listener: tokio::net::TcpListener) -> serve::Served {
+    serve::accept_loop(listener, |stream, _| async move {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let mut rsp = Response::new(Full::new(Bytes::from_static(b"ok")));
+            if req.uri().path() == "/dated" {
+                rsp.headers_mut()
+                    .insert(header::DATE, HeaderValue::from_static(APP_DATE));
+            }
+            Ok::<_, Infallible>(rsp)
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder.http1().auto_date_header(false);
+        builder.http2().auto_date_header(false);
+        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+    })
+}
+
+/// The one `Date` of `headers`, as text.
+#[track_caller]
+fn one_date(headers: &HeaderMap) -> String {
+    let dates: Vec<_> = headers.get_all(header::DATE).iter().collect();
+    assert_eq!(dates.len(), 1, "{headers:?}");
+    dates[0].to_str().expect("an ASCII Date").to_owned()
+}
+
+/// `date` is an IMF-fixdate within a minute of now.
+#[track_caller]
+fn assert_recent(date: &str) {
+    let t = httpdate::parse_http_date(date).expect("an HTTP date");
+    let off = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(60), "{date} is {off:?} from now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_has_one_date_and_the_apps_own_passes_unchanged() {
+    let app = undated_app(serve::bind_loopback().await);
+    let p = untraced("date")
+        .arg("--app-addr")
+        .arg(app.addr().to_string())
+        .start()
+        .await;
+    // The same proxy's outbound side, sent to a port where nothing listens: the proxy's own 502.
+    let closed = serve::bind_loopback().await.local_addr().unwrap();
+
+    let (status, h, body) = client::http1_get(p.inbound(), "/bare", &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_recent(&one_date(&h));
+    let (status, h, _) = client::http1_get(p.inbound(), "/dated", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one_date(&h), APP_DATE);
+
+    let (status, h, body) = client::h2c_get(p.inbound(), "http://app/bare", &[]).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_recent(&one_date(&h));
+    let (status, h, _) = client::h2c_get(p.inbound(), "http://app/dated", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one_date(&h), APP_DATE);
+
+    let (status, h, _) = client::h2c_get(p.outbound(), &format!("http://{closed}/"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_recent(&one_date(&h));
+    let (status, h, _) =
+        client::http1_get(p.outbound(), "/", &[("host", &closed.to_string())]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_recent(&one_date(&h));
 }
