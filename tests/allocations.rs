@@ -24,11 +24,13 @@ use tracemesh::{
     telemetry::Exporter,
 };
 
-/// Allocations per traced request that this test accepts. Measured on 2026-12-01: 8.1, of
+/// Allocations per traced request that this test accepts. Measured on 2026-12-02: 9.2, of
 /// which 6 are hyper's own (two read-buffer reservations and two buffer splits, the response
-/// body channel, the client dispatch oneshot) and 2 ours (the forward future's box and the
-/// request body's shared state); export adds well under 0.1 per span.
-const MAX_ALLOCATIONS_PER_REQUEST: f64 = 9.0;
+/// body channel, the client dispatch oneshot) and 3 ours (the forward future's box, the request
+/// body's shared state, and the span layer's pending state, boxed on purpose: moving it by value
+/// through the layer cost more than the allocation, 1.5k instructions per request against
+/// about 0.1k, BENCHMARKS.md); export adds well under 0.1 per span.
+const MAX_ALLOCATIONS_PER_REQUEST: f64 = 10.0;
 
 /// Requests counted (after a warm-up of the same size).
 const REQUESTS: u64 = 4000;
