@@ -215,14 +215,16 @@ impl ExportTask {
     /// Exports and empties `records` (its capacity is kept for the next batch).
     async fn export(&mut self, records: &mut Vec<SpanRecord>) {
         let n = records.len() as u64;
-        if let Some(store) = &self.store {
-            store.add(records);
-        }
         if let (Exporter::Otlp(client), Some(encoder)) = (&mut self.exporter, &mut self.encoder) {
-            for r in records.drain(..) {
-                encoder.push(&r);
+            // Encoded in place, then moved into the store: neither step copies a record.
+            for r in records.iter() {
+                encoder.push(r);
             }
             let body = encoder.finish();
+            match &self.store {
+                Some(store) => store.add(records.drain(..)),
+                None => records.clear(),
+            }
             let ok = match tokio::time::timeout(self.timeout, client.send(body)).await {
                 Ok(Ok(())) => true,
                 Ok(Err(error)) => {
@@ -236,6 +238,9 @@ impl ExportTask {
             };
             self.count(n, ok);
             return;
+        }
+        if let Some(store) = &self.store {
+            store.add(records.iter().cloned());
         }
         let spans: Vec<SpanData> = records
             .drain(..)
