@@ -25,7 +25,7 @@ use support::{
     client,
     grpc::{EchoClient, GrpcServer},
     otlp::{OtlpReceiver, SpanKind},
-    process::{Proxy, ProxyBuilder},
+    process::{reserve_port, Proxy, ProxyBuilder},
     serve, DEADLINE,
 };
 use tokio::{
@@ -455,7 +455,7 @@ async fn every_response_has_one_date_and_the_apps_own_passes_unchanged() {
         .start()
         .await;
     // The same proxy's outbound side, sent to a port where nothing listens: the proxy's own 502.
-    let closed = serve::bind_loopback().await.local_addr().unwrap();
+    let closed = reserve_port();
 
     let (status, h, body) = client::http1_get(p.inbound(), "/bare", &[]).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));

@@ -216,7 +216,7 @@ impl ExportTask {
     async fn export(&mut self, records: &mut Vec<SpanRecord>) {
         let n = records.len() as u64;
         if let (Exporter::Otlp(client), Some(encoder)) = (&mut self.exporter, &mut self.encoder) {
-            // Encoded in place, then moved into the store: neither step copies a record.
+            // Encoded in place, then moved into the store: no record is cloned.
             for r in records.iter() {
                 encoder.push(r);
             }
