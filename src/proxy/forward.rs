@@ -5,7 +5,8 @@
 //!   ([`Sanitize`]), and the request's form towards the upstream.
 //! - [`target`]: where the request goes, and the loop check on resolved addresses
 //!   ([`SelfAddrs`]).
-//! - [`upstream`]: the downstream connection's own upstream connection.
+//! - [`upstream`]: the downstream connection's own upstream connection (HTTP/1 on hyper, HTTP/2
+//!   on h2 directly).
 //! - [`body`]: the request body on its way up (when it was sent, whether the client broke it)
 //!   and the response body on its way down.
 //! - [`tunnel`]: `CONNECT`, upgrades and the opaque relay.

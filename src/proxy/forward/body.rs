@@ -9,7 +9,7 @@ use std::{
     future::poll_fn,
     pin::Pin,
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
         Arc,
     },
     task::{ready, Context, Poll},
@@ -27,12 +27,15 @@ const SENDING: u8 = 0;
 const SENT: u8 = 1;
 const FAILED: u8 = 2;
 
-/// What became of a request body, shared between the body (in hyper's client) and the
-/// forwarder waiting for the response.
+/// What became of a request body, shared between the body (in the upstream client) and the
+/// forwarder waiting for the response; and, the other way, whether the forwarder gave up on the
+/// response before it came (an HTTP/2 body still being sent is then reset).
 #[derive(Debug, Default)]
 pub struct BodyState {
     state: AtomicU8,
     waker: AtomicWaker,
+    canceled: AtomicBool,
+    cancel_waker: AtomicWaker,
 }
 
 // === impl BodyState ===
@@ -46,6 +49,25 @@ impl BodyState {
     /// The client's side of the body failed (bad chunk, cut short, reset).
     pub fn client_failed(&self) -> bool {
         self.state.load(Ordering::Acquire) == FAILED
+    }
+
+    /// The forwarder gave up waiting for the response (timeout, or its request was dropped).
+    pub fn cancel(&self) {
+        self.canceled.store(true, Ordering::Release);
+        self.cancel_waker.wake();
+    }
+
+    /// Ready once [`cancel`](Self::cancel) was called; until then `cx` is woken when it is.
+    pub fn poll_canceled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.canceled.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.cancel_waker.register(cx.waker());
+        if self.canceled.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Ready once the body has ended, well or not; until then `cx` is woken when it does.
@@ -104,6 +126,10 @@ impl RequestBody {
             counted,
         };
         (body, state)
+    }
+
+    pub fn state(&self) -> &BodyState {
+        &self.state
     }
 }
 
@@ -178,11 +204,92 @@ impl Body for RequestBody {
     }
 }
 
+/// A body's error on its way down: hyper's (an HTTP/1 upstream) or h2's (an HTTP/2 one), boxed
+/// as hyper's server takes it, so that it still finds an h2 reset reason in it to pass on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body as the upstream connection delivers it.
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(RecvBody),
+}
+
+/// An HTTP/2 upstream's response body, read from h2 directly: each chunk's flow-control
+/// capacity is given back as it is taken, so the upstream may send more once the client has
+/// taken what came.
+pub struct RecvBody {
+    recv: h2::RecvStream,
+    data_done: bool,
+    /// The response's `Content-Length`, for the size hint (h2 itself checks the body against it).
+    length: Option<u64>,
+}
+
+// === impl RecvBody ===
+
+impl RecvBody {
+    pub fn new(recv: h2::RecvStream, length: Option<u64>) -> Self {
+        RecvBody {
+            recv,
+            data_done: false,
+            length,
+        }
+    }
+
+    /// hyper's rule, kept so that behaviour did not change with the client: an upstream that
+    /// resets its stream with `NO_ERROR` or `CANCEL` has ended the body, not failed it.
+    fn ended_or_failed(e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match e.reason() {
+            Some(h2::Reason::NO_ERROR | h2::Reason::CANCEL) => None,
+            _ => Some(Err(Box::new(e))),
+        }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Fails only once the stream is gone, which the next poll reports.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Self::ended_or_failed(e)),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Self::ended_or_failed(e)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            _ if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            Some(len) => SizeHint::with_exact(len),
+            None => SizeHint::default(),
+        }
+    }
+}
+
 pin_project! {
     /// A response body: the upstream's, streamed, or one the proxy wrote itself.
     #[project = ProxyBodyProj]
     pub enum ProxyBody {
-        Upstream { #[pin] body: Incoming, in_flight: InFlight },
+        Http1 { #[pin] body: Incoming, in_flight: InFlight },
+        Http2 { body: RecvBody, in_flight: InFlight },
         Synthetic { data: Option<Bytes> },
     }
 }
@@ -196,21 +303,25 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> Self {
-        ProxyBody::Upstream { body, in_flight }
+    pub fn upstream(body: UpstreamBody, in_flight: InFlight) -> Self {
+        match body {
+            UpstreamBody::Http1(body) => ProxyBody::Http1 { body, in_flight },
+            UpstreamBody::Http2(body) => ProxyBody::Http2 { body, in_flight },
+        }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            ProxyBodyProj::Upstream { body, .. } => body.poll_frame(cx),
+            ProxyBodyProj::Http1 { body, .. } => body.poll_frame(cx).map_err(Into::into),
+            ProxyBodyProj::Http2 { body, .. } => Pin::new(body).poll_frame(cx),
             ProxyBodyProj::Synthetic { data } => {
                 Poll::Ready(data.take().map(|d| Ok(Frame::data(d))))
             }
@@ -219,14 +330,16 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Http1 { body, .. } => body.is_end_stream(),
+            ProxyBody::Http2 { body, .. } => body.is_end_stream(),
             ProxyBody::Synthetic { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Http1 { body, .. } => body.size_hint(),
+            ProxyBody::Http2 { body, .. } => body.size_hint(),
             ProxyBody::Synthetic { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

@@ -38,8 +38,9 @@ pub enum ForwardError {
     #[error("upstream {addr} failed before its response headers")]
     Upstream {
         addr: Authority,
+        /// hyper's error (HTTP/1) or h2's (HTTP/2).
         #[source]
-        source: Arc<hyper::Error>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
     #[error("the client's request body failed")]
     ClientBody {

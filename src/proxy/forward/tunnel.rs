@@ -57,7 +57,7 @@ pub async fn connect(
 }
 
 /// After a `101 Switching Protocols`: relays the two upgraded connections.
-pub fn upgraded(client: OnUpgrade, rsp: &mut Response<Incoming>, ctx: StreamContext) {
+pub fn upgraded<B>(client: OnUpgrade, rsp: &mut Response<B>, ctx: StreamContext) {
     let upstream = hyper::upgrade::on(rsp);
     ctx.tracker.clone().spawn(async move {
         if let (Ok(client), Ok(upstream)) = (client.await, upstream.await) {

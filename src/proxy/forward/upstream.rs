@@ -5,6 +5,8 @@
 //! client sent while the bytes go to the address the connection was resolved to, and an upstream
 //! connection never outlives the downstream one that opened it.
 //!
+//! HTTP/1 connections are hyper's; HTTP/2 ones are driven on h2 directly ([`http2`]).
+//!
 //! [`Connector`] opens connections: it resolves the destination, refuses any address that is
 //! the proxy itself ([`super::SelfAddrs`], 508), and connects with `--connect-timeout`.
 
@@ -17,22 +19,24 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::Either;
+use futures_util::{future::Either, FutureExt};
 
 use http::{uri::Authority, Request, Response};
 use hyper::{
     body::Incoming,
-    client::conn::{http1, http2, TrySendError},
+    client::conn::{http1, TrySendError},
 };
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
 use super::{
-    body::{BodyState, RequestBody},
+    body::{BodyState, BoxError, RecvBody, RequestBody, UpstreamBody},
     target::{Destination, SelfAddrs},
     ForwardError,
 };
+
+mod http2;
 
 /// Opens upstream connections (see the module docs). Shared by every connection.
 #[derive(Clone, Debug)]
@@ -82,15 +86,23 @@ impl Connector {
     }
 }
 
+/// A connection as the slot keeps it.
+enum Slot {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::Conn),
+}
+
+/// A connection as one request uses it: HTTP/1's is the request's alone until it is checked
+/// back in; HTTP/2's is a handle on the shared connection.
 enum Sender {
     H1(http1::SendRequest<RequestBody>),
-    H2(http2::SendRequest<RequestBody>),
+    H2(h2::client::SendRequest<bytes::Bytes>),
 }
 
 /// An idle (HTTP/1) or shared (HTTP/2) upstream connection and what it was opened for.
 struct Pooled {
     dest: DestKey,
-    sender: Sender,
+    conn: Slot,
 }
 
 /// What an upstream connection may be reused for: the same fixed address, or the same named
@@ -155,7 +167,7 @@ impl Upstream {
         dest: &'a Destination,
         req: Request<RequestBody>,
         body: &'a BodyState,
-    ) -> impl Future<Output = Result<Response<Incoming>, ForwardError>> + 'a {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ForwardError>> + 'a {
         async move {
             let key = DestKey::from(dest);
             let res = 'sent: {
@@ -166,12 +178,12 @@ impl Upstream {
                         // nothing reached the app, so the request goes once more, on a new
                         // connection. Matched apart from the retry, so the first attempt's
                         // result is not held while the new connection opens.
-                        let req = match self.send_on(sender, key.clone(), false, req, body).await {
+                        let req = match self.send_on(sender, key.clone(), req, body).await {
                             Err(WaitError::Unsent(req, _)) => req,
                             r => break 'sent r,
                         };
-                        let sender = self.open(dest).await?;
-                        self.send_on(sender, key, true, *req, body).await
+                        let sender = self.open(dest, &key).await?;
+                        self.send_on(sender, key, *req, body).await
                     }
                     None if self.h2 => {
                         // Held while opening only, never while a response is awaited.
@@ -180,20 +192,14 @@ impl Upstream {
                             match self.checkout(&key) {
                                 // Another stream opened it meanwhile.
                                 Some(sender) => sender,
-                                None => {
-                                    let sender = self.open(dest).await?;
-                                    if let Sender::H2(tx) = &sender {
-                                        self.checkin(key.clone(), Sender::H2(tx.clone()));
-                                    }
-                                    sender
-                                }
+                                None => self.open(dest, &key).await?,
                             }
                         };
-                        self.send_on(sender, key, false, req, body).await
+                        self.send_on(sender, key, req, body).await
                     }
                     None => {
-                        let sender = self.open(dest).await?;
-                        self.send_on(sender, key, true, req, body).await
+                        let sender = self.open(dest, &key).await?;
+                        self.send_on(sender, key, req, body).await
                     }
                 }
             };
@@ -202,28 +208,29 @@ impl Upstream {
                     addr: dest.authority(),
                     after,
                 },
-                WaitError::Hyper(_) | WaitError::Unsent(..) if body.client_failed() => {
+                WaitError::Failed(_) | WaitError::Unsent(..) if body.client_failed() => {
                     ForwardError::ClientBody { source: None }
                 }
-                WaitError::Hyper(source) | WaitError::Unsent(_, source) => ForwardError::Upstream {
-                    addr: dest.authority(),
-                    source: std::sync::Arc::new(source),
-                },
+                WaitError::Failed(source) | WaitError::Unsent(_, source) => {
+                    ForwardError::Upstream {
+                        addr: dest.authority(),
+                        source: source.into(),
+                    }
+                }
             })
         }
     }
 
-    /// Sends `req` on `sender`, kept for the next request (HTTP/1) or shared (HTTP/2, `fresh`
-    /// only: a reused one is in the slot already).
+    /// Sends `req` on `sender`; an HTTP/1 connection goes back to the slot for the next request
+    /// once this one is written.
     #[allow(clippy::manual_async_fn)] // on purpose, see `send`
     fn send_on<'a>(
         &'a self,
         sender: Sender,
         key: DestKey,
-        fresh: bool,
         req: Request<RequestBody>,
         body: &'a BodyState,
-    ) -> impl Future<Output = Result<Response<Incoming>, WaitError>> + 'a {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, WaitError>> + 'a {
         async move {
             let timeout = self.connector.response_timeout;
             // One await of one `WaitResponse` for both protocols: each await of its own is a
@@ -231,18 +238,25 @@ impl Upstream {
             let sent = match sender {
                 Sender::H1(mut tx) => {
                     if let Err(e) = tx.ready().await {
-                        return Err(WaitError::Unsent(Box::new(req), e));
+                        return Err(WaitError::Unsent(Box::new(req), Box::new(e)));
                     }
                     let fut = tx.try_send_request(req);
-                    self.checkin(key, Sender::H1(tx));
-                    Either::Left(fut)
+                    self.checkin(key, Slot::H1(tx));
+                    Either::Left(fut.map(http1_response))
                 }
                 Sender::H2(mut tx) => {
-                    let fut = tx.try_send_request(req);
-                    if fresh {
-                        self.checkin(key, Sender::H2(tx));
+                    // Fails when the connection is gone or going away: nothing was sent.
+                    if let Err(e) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+                        return Err(WaitError::Unsent(Box::new(req), Box::new(e)));
                     }
-                    Either::Right(fut)
+                    let (rsp, pipe) =
+                        http2::start(&mut tx, req).map_err(|e| WaitError::Failed(Box::new(e)))?;
+                    if let Some(pipe) = pipe {
+                        let mut pipe = Some(pipe);
+                        std::future::poll_fn(|cx| Poll::Ready(pipe.take().map(|p| p.run(cx))))
+                            .await;
+                    }
+                    Either::Right(rsp.map(http2_response))
                 }
             };
             WaitResponse::new(sent, body, timeout).await
@@ -255,9 +269,12 @@ impl Upstream {
         if pooled.dest != *key {
             return None;
         }
-        match &pooled.sender {
-            Sender::H1(tx) if !tx.is_closed() => slot.take().map(|p| p.sender),
-            Sender::H2(tx) if !tx.is_closed() => Some(Sender::H2(tx.clone())),
+        match &pooled.conn {
+            Slot::H1(tx) if !tx.is_closed() => match slot.take().map(|p| p.conn) {
+                Some(Slot::H1(tx)) => Some(Sender::H1(tx)),
+                _ => unreachable!("matched as HTTP/1 above"),
+            },
+            Slot::H2(conn) if conn.is_open() => Some(Sender::H2(conn.sender())),
             _ => {
                 *slot = None;
                 None
@@ -265,76 +282,84 @@ impl Upstream {
         }
     }
 
-    fn checkin(&self, dest: DestKey, sender: Sender) {
-        *self.slot.lock().expect("upstream slot poisoned") = Some(Pooled { dest, sender });
+    fn checkin(&self, dest: DestKey, conn: Slot) {
+        *self.slot.lock().expect("upstream slot poisoned") = Some(Pooled { dest, conn });
     }
 
-    /// A new connection to `dest`, ready for a request. Boxed: it is awaited once per
-    /// connection, and its state (the connect and the handshake, 1.2 KB) would otherwise be a
-    /// state of every request's future.
+    /// A new connection to `dest`, ready for a request; an HTTP/2 one is in the slot already,
+    /// for the streams after this one. Boxed: it is awaited once per connection, and its state
+    /// (the connect and the handshake, 1.2 KB) would otherwise be a state of every request's
+    /// future.
     fn open<'a>(
         &'a self,
         dest: &'a Destination,
+        key: &'a DestKey,
     ) -> Pin<Box<dyn Future<Output = Result<Sender, ForwardError>> + Send + 'a>> {
-        Box::pin(self.open_now(dest))
+        Box::pin(self.open_now(dest, key))
     }
 
-    async fn open_now(&self, dest: &Destination) -> Result<Sender, ForwardError> {
+    async fn open_now(&self, dest: &Destination, key: &DestKey) -> Result<Sender, ForwardError> {
         let (stream, _addr) = self.connector.connect(dest).await?;
-        let io = TokioIo::new(stream);
-        let failed = |source| ForwardError::Upstream {
+        let failed = |source: BoxError| ForwardError::Upstream {
             addr: dest.authority(),
-            source: std::sync::Arc::new(source),
+            source: source.into(),
         };
         if self.h2 {
-            let (mut tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .adaptive_window(true)
-                .keep_alive_interval(Duration::from_secs(20))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .handshake(io)
+            let conn = http2::Conn::handshake(stream)
                 .await
-                .map_err(failed)?;
-            tokio::spawn(async move {
-                if let Err(error) = conn.await {
-                    tracing::debug!(%error, "upstream http/2 connection ended");
-                }
-            });
-            tx.ready().await.map_err(failed)?;
+                .map_err(|e| failed(Box::new(e)))?;
+            let tx = conn.sender();
+            self.checkin(key.clone(), Slot::H2(conn));
             Ok(Sender::H2(tx))
         } else {
-            let (mut tx, conn) = http1::Builder::new().handshake(io).await.map_err(failed)?;
+            let io = TokioIo::new(stream);
+            let (mut tx, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| failed(Box::new(e)))?;
             tokio::spawn(async move {
                 if let Err(error) = conn.with_upgrades().await {
                     tracing::debug!(%error, "upstream http/1 connection ended");
                 }
             });
-            tx.ready().await.map_err(failed)?;
+            tx.ready().await.map_err(|e| failed(Box::new(e)))?;
             Ok(Sender::H1(tx))
         }
     }
 }
 
-enum WaitError {
-    Timeout(Duration),
-    Hyper(hyper::Error),
-    /// The connection handed the request back before writing any of it.
-    Unsent(Box<Request<RequestBody>>, hyper::Error),
-}
-
-impl From<TrySendError<Request<RequestBody>>> for WaitError {
-    fn from(mut e: TrySendError<Request<RequestBody>>) -> Self {
-        match e.take_message() {
-            Some(req) => WaitError::Unsent(Box::new(req), e.into_error()),
-            None => WaitError::Hyper(e.into_error()),
-        }
+fn http1_response(
+    r: Result<Response<Incoming>, TrySendError<Request<RequestBody>>>,
+) -> Result<Response<UpstreamBody>, WaitError> {
+    match r {
+        Ok(rsp) => Ok(rsp.map(UpstreamBody::Http1)),
+        Err(mut e) => Err(match e.take_message() {
+            Some(req) => WaitError::Unsent(Box::new(req), Box::new(e.into_error())),
+            None => WaitError::Failed(Box::new(e.into_error())),
+        }),
     }
 }
 
-type Sent = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
+fn http2_response(
+    r: Result<Response<h2::RecvStream>, h2::Error>,
+) -> Result<Response<UpstreamBody>, WaitError> {
+    let rsp = r.map_err(|e| WaitError::Failed(Box::new(e)))?;
+    let length = http2::content_length(rsp.headers());
+    Ok(rsp.map(|recv| UpstreamBody::Http2(RecvBody::new(recv, length))))
+}
+
+enum WaitError {
+    Timeout(Duration),
+    Failed(BoxError),
+    /// The connection handed the request back before writing any of it.
+    Unsent(Box<Request<RequestBody>>, BoxError),
+}
+
+type Sent = Result<Response<UpstreamBody>, WaitError>;
 
 pin_project! {
-    /// The response headers, waiting at most `timeout` after the body has been sent.
+    /// The response headers, waiting at most `timeout` after the body has been sent. Dropped
+    /// before they came (a timeout, or the request given up), it tells the body's pipe to stop.
     ///
     /// Written by hand: as an `async fn` (a biased `select!` on the response and the body's end,
     /// then `tokio::time::timeout`) it held the request future twice, as its argument and as
@@ -344,9 +369,18 @@ pin_project! {
         sent: F,
         body: &'a BodyState,
         timeout: Duration,
+        answered: bool,
         // Armed once the body has ended.
         #[pin]
         timer: Option<tokio::time::Sleep>,
+    }
+
+    impl<'a, F> PinnedDrop for WaitResponse<'a, F> {
+        fn drop(this: Pin<&mut Self>) {
+            if !this.answered {
+                this.body.cancel();
+            }
+        }
     }
 }
 
@@ -356,19 +390,21 @@ impl<'a, F> WaitResponse<'a, F> {
             sent,
             body,
             timeout,
+            answered: false,
             timer: None,
         }
     }
 }
 
 impl<F: Future<Output = Sent>> Future for WaitResponse<'_, F> {
-    type Output = Result<Response<Incoming>, WaitError>;
+    type Output = Sent;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         // The response first: one that is ready wins over a timeout that is due.
         if let Poll::Ready(r) = this.sent.poll(cx) {
-            return Poll::Ready(r.map_err(WaitError::from));
+            *this.answered = true;
+            return Poll::Ready(r);
         }
         if this.timer.is_none() {
             if this.body.poll_ended(cx).is_pending() {
