@@ -58,7 +58,8 @@
 #                           needed); the report gives them per request
 #   BENCH_CALLGRIND=1       instead of timing anything, run nginx, floor and the tracemesh legs
 #                           under `valgrind --tool=callgrind` and count the instructions each
-#                           spends per request: BENCH_CG_WARMUP (2000) requests, the counters
+#                           spends per request (BENCH_CG_SERIAL=1: one connection, one request
+#                           at a time, as at a fixed low rate): BENCH_CG_WARMUP (2000) requests, the counters
 #                           zeroed, BENCH_CG_REQUESTS (20000) requests by h2load at the
 #                           closed-loop concurrency, then a dump. Counts are repeatable whatever
 #                           else the machine does; they leave out the kernel's share (the
@@ -96,6 +97,7 @@ IDLE_CONNS="${BENCH_IDLE_CONNS:-1000}"
 CALLGRIND="${BENCH_CALLGRIND:-0}"
 CG_WARMUP="${BENCH_CG_WARMUP:-2000}"
 CG_REQUESTS="${BENCH_CG_REQUESTS:-20000}"
+CG_SERIAL="${BENCH_CG_SERIAL:-0}"
 CG_WRAP=()       # the prefix that puts a proxy under test into callgrind (BENCH_CALLGRIND=1)
 START_SECS=15    # how long a proxy under test may take to listen
 REPEAT="${BENCH_REPEAT:-1}"
@@ -588,6 +590,9 @@ measure_instructions() { # leg proto: instructions per request under callgrind (
   local args=() h2auth=() p f files=() budget=$((CG_REQUESTS / 50 + 120))
   [ -n "$AUTHORITY" ] && h2auth=(-H ":authority: $AUTHORITY")
   if [ "$proto" = h1 ]; then args=(--h1 -c"$WRK_CONNS" -m1); else args=(-c"$H2_CONNS" -m"$H2_STREAMS"); fi
+  # One request at a time: what each request costs when nothing is batched with it, as at a
+  # fixed low rate.
+  [ "$CG_SERIAL" = 1 ] && { args=(-c1 -m1); [ "$proto" = h1 ] && args=(--h1 -c1 -m1); }
   # The settle pauses outlast the span exporter's 5 s schedule delay, so the warm-up's spans are
   # exported before the counters are zeroed and the measured requests' spans before the dump.
   run_load "$base-cg-warmup.txt" "$budget" h2load -t1 -n "$CG_WARMUP" "${args[@]}" "${h2auth[@]}" "$url"

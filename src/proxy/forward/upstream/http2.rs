@@ -79,7 +79,7 @@ impl Conn {
     }
 
     /// False once the connection is over; a connection that is going away (GOAWAY received)
-    /// may still say true, and [`start`]'s readiness check then fails.
+    /// may still say true, and the readiness check before [`start`] then fails.
     pub fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
     }
