@@ -3,7 +3,9 @@
 //! take goes once more, on a new one); the app's connection closes when the client's does, so
 //! no upstream connection outlives its downstream one; and a client that resets its stream in
 //! the middle of an upload resets the app's stream too, instead of leaving it waiting for the
-//! rest of a body that will not come.
+//! rest of a body that will not come; and a client that goes away in the middle of a two-way
+//! stream, while the app waits for its answer to be read before it reads more, resets the app's
+//! stream instead of leaving both waiting on each other for good.
 
 mod support;
 
@@ -256,4 +258,128 @@ async fn a_client_that_resets_its_upload_resets_the_apps_stream() {
         "the app's stream was reset with CANCEL"
     );
     drop(body_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_stalled_two_way_stream_resets_the_apps_stream() {
+    // An echo-shaped app: it answers at once, writes 64 MiB (far more than every window and
+    // socket buffer on the way holds) before it reads any of the upload,
+    // and reports when a write fails (its stream was reset).
+    let (report_tx, mut report) = mpsc::channel::<&'static str>(4);
+    let app = accept_loop(bind_loopback().await, move |stream, _peer| {
+        let report_tx = report_tx.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let report_tx = report_tx.clone();
+                async move {
+                    let (tx, rx) = mpsc::channel::<Bytes>(1);
+                    tokio::spawn(async move {
+                        let _upload = req.into_body(); // held, unread, while writing
+                        for _ in 0..4096 {
+                            if tx.send(Bytes::from(vec![b'x'; 16 << 10])).await.is_err() {
+                                let _ = report_tx.send("reset").await;
+                                return;
+                            }
+                        }
+                        let _ = report_tx.send("wrote it all").await;
+                    });
+                    let mut rx = rx;
+                    let body = futures_util::stream::poll_fn(move |cx| {
+                        rx.poll_recv(cx)
+                            .map(|chunk| chunk.map(|c| Ok::<_, BoxError>(Frame::data(c))))
+                    });
+                    Ok::<_, Infallible>(Response::new(StreamBody::new(body)))
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    });
+    let p = untraced("h2-stalled-bidi", &app).start().await;
+    // h2 itself, not hyper: aborting its connection's task closes the socket at once, where
+    // hyper's client would keep a connection with a stalled upload open.
+    let tcp = TcpStream::connect(p.inbound())
+        .await
+        .expect("connect to the proxy");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("http://app/echo")
+        .body(())
+        .unwrap();
+    let (rsp, mut upload) = client.send_request(req, false).expect("stream opened");
+    // 2 MiB offered, more than the app's window, so the proxy's pipe ends up waiting for window
+    // that the app will not open while its own writes are stuck.
+    for _ in 0..128 {
+        upload
+            .send_data(Bytes::from(vec![b'u'; 16 << 10]), false)
+            .expect("queued");
+    }
+    let rsp = tokio::time::timeout(DEADLINE, rsp)
+        .await
+        .expect("response headers in time")
+        .expect("a response through the proxy");
+    assert_eq!(rsp.status(), StatusCode::OK);
+    // Let both directions fill up, then the client goes away without reading the answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    conn.abort();
+    let _ = conn.await;
+    drop((rsp, upload, client));
+    let outcome = tokio::time::timeout(DEADLINE, report.recv())
+        .await
+        .expect("the app's stream is reset after the client left, not held open for good")
+        .expect("the app reports");
+    assert_eq!(outcome, "reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_headers_end_the_stream_reaches_the_app_with_content_length_zero() {
+    let (seen_tx, mut seen) = mpsc::channel::<(String, Option<String>)>(4);
+    let app = accept_loop(bind_loopback().await, move |stream, _peer| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let seen_tx = seen_tx.clone();
+                async move {
+                    let length = req
+                        .headers()
+                        .get(http::header::CONTENT_LENGTH)
+                        .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
+                    let _ = seen_tx.send((req.method().to_string(), length)).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        }
+    });
+    let p = untraced("h2-content-length", &app).start().await;
+    // h2 itself, not hyper: hyper's client would add the header before the proxy saw it.
+    let tcp = TcpStream::connect(p.inbound())
+        .await
+        .expect("connect to the proxy");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    for method in [Method::POST, Method::GET] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri("http://app/upload")
+            .body(())
+            .unwrap();
+        let (rsp, _) = client.send_request(req, true).expect("stream opened");
+        let rsp = tokio::time::timeout(DEADLINE, rsp)
+            .await
+            .expect("answered in time")
+            .expect("a response");
+        assert_eq!(rsp.status(), StatusCode::OK);
+        let (got_method, length) = seen.recv().await.expect("the app saw the request");
+        assert_eq!(got_method, method.as_str());
+        let want = (method == Method::POST).then(|| "0".to_owned());
+        assert_eq!(length, want, "{method}: the Content-Length the app saw");
+    }
 }

@@ -29,7 +29,7 @@ const FAILED: u8 = 2;
 
 /// What became of a request body, shared between the body (in the upstream client) and the
 /// forwarder waiting for the response; and, the other way, whether the forwarder gave up on the
-/// response before it came (an HTTP/2 body still being sent is then reset).
+/// exchange (an HTTP/2 body still being sent is then reset).
 #[derive(Debug, Default)]
 pub struct BodyState {
     state: AtomicU8,
@@ -51,7 +51,8 @@ impl BodyState {
         self.state.load(Ordering::Acquire) == FAILED
     }
 
-    /// The forwarder gave up waiting for the response (timeout, or its request was dropped).
+    /// The forwarder gave up on the exchange: the response did not come (timeout, or the request
+    /// was dropped), or its body was dropped unfinished (the client went away).
     pub fn cancel(&self) {
         self.canceled.store(true, Ordering::Release);
         self.cancel_waker.wake();
@@ -130,6 +131,11 @@ impl RequestBody {
 
     pub fn state(&self) -> &BodyState {
         &self.state
+    }
+
+    /// The state shared with the forwarder, for a response body to signal the pipe.
+    pub fn shared_state(&self) -> Arc<BodyState> {
+        self.state.clone()
     }
 }
 
@@ -222,16 +228,32 @@ pub struct RecvBody {
     data_done: bool,
     /// The response's `Content-Length`, for the size hint (h2 itself checks the body against it).
     length: Option<u64>,
+    /// The request body's state while its pipe may still be sending: dropped unfinished (the
+    /// client went away), this body cancels the pipe. Else the pipe, waiting for window from
+    /// an app that waits for its own response to be read, would hold the stream and the app's
+    /// connection open for good.
+    pipe: Option<Arc<BodyState>>,
+    ended: bool,
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        if let (Some(state), false) = (&self.pipe, self.ended) {
+            state.cancel();
+        }
+    }
 }
 
 // === impl RecvBody ===
 
 impl RecvBody {
-    pub fn new(recv: h2::RecvStream, length: Option<u64>) -> Self {
+    pub fn new(recv: h2::RecvStream, length: Option<u64>, pipe: Option<Arc<BodyState>>) -> Self {
         RecvBody {
             recv,
             data_done: false,
             length,
+            pipe,
+            ended: false,
         }
     }
 
@@ -260,15 +282,20 @@ impl Body for RecvBody {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Some(Err(e)) => return Poll::Ready(Self::ended_or_failed(e)),
+                Some(Err(e)) => {
+                    self.ended = true;
+                    return Poll::Ready(Self::ended_or_failed(e));
+                }
                 None => self.data_done = true,
             }
         }
-        match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Self::ended_or_failed(e)),
-        }
+        let last = match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(None) => None,
+            Err(e) => Self::ended_or_failed(e),
+        };
+        self.ended = true;
+        Poll::Ready(last)
     }
 
     fn is_end_stream(&self) -> bool {

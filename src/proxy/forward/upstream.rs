@@ -251,12 +251,16 @@ impl Upstream {
                     }
                     let (rsp, pipe) =
                         http2::start(&mut tx, req).map_err(|e| WaitError::Failed(Box::new(e)))?;
-                    if let Some(pipe) = pipe {
-                        let mut pipe = Some(pipe);
-                        std::future::poll_fn(|cx| Poll::Ready(pipe.take().map(|p| p.run(cx))))
-                            .await;
-                    }
-                    Either::Right(rsp.map(http2_response))
+                    let state = match pipe {
+                        Some((pipe, state)) => {
+                            let mut pipe = Some(pipe);
+                            std::future::poll_fn(|cx| Poll::Ready(pipe.take().map(|p| p.run(cx))))
+                                .await;
+                            Some(state)
+                        }
+                        None => None,
+                    };
+                    Either::Right(rsp.map(move |r| http2_response(r, state)))
                 }
             };
             WaitResponse::new(sent, body, timeout).await
@@ -342,10 +346,11 @@ fn http1_response(
 
 fn http2_response(
     r: Result<Response<h2::RecvStream>, h2::Error>,
+    pipe: Option<std::sync::Arc<BodyState>>,
 ) -> Result<Response<UpstreamBody>, WaitError> {
     let rsp = r.map_err(|e| WaitError::Failed(Box::new(e)))?;
     let length = http2::content_length(rsp.headers());
-    Ok(rsp.map(|recv| UpstreamBody::Http2(RecvBody::new(recv, length))))
+    Ok(rsp.map(|recv| UpstreamBody::Http2(RecvBody::new(recv, length, pipe))))
 }
 
 enum WaitError {

@@ -19,16 +19,16 @@ use std::{
 
 use bytes::Bytes;
 use h2::{client::ResponseFuture, Ping, PingPong, Reason, SendStream};
-use http::{header, Request};
+use http::{header, HeaderValue, Method, Request};
 use http_body::Body;
 use tokio::net::TcpStream;
 
-use crate::proxy::forward::body::RequestBody;
+use crate::proxy::forward::body::{BodyState, RequestBody};
 
 /// What the upstream may send before the proxy has passed it on: per stream, and for the
-/// connection, which is one downstream connection's. These bound what a client that stops
-/// reading makes the proxy hold (2 MiB per connection) and still fill a 1 ms round trip at 1 GB/s
-/// per stream. hyper's client was set to grow its window from 64 KiB by BDP estimates instead,
+/// connection, which is one downstream connection's: 2 MiB received and not yet taken by hyper's
+/// server (whose own send buffer, per stream, comes on top), and still enough to fill a 1 ms
+/// round trip at 1 GB/s per stream. hyper's client was set to grow its window from 64 KiB by BDP estimates instead,
 /// which cost every request a timestamp and a lock for the ping that measures them.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONN_WINDOW: u32 = 2 << 20;
@@ -84,9 +84,10 @@ impl Conn {
         !self.closed.load(Ordering::Acquire)
     }
 
-    /// A handle for one request. Each request has its own, so that one waiting for the
-    /// server's stream limit holds up no other, and a connection replaced in the slot keeps
-    /// serving the requests already on it.
+    /// A handle for one request. Each request has its own, so that a connection replaced in
+    /// the slot keeps serving the requests already on it. A fresh handle is ready at once: a
+    /// stream over the app's concurrency limit waits in h2's queue of streams to open, and
+    /// once its body is sent that wait counts against `--response-timeout`.
     pub fn sender(&self) -> h2::client::SendRequest<Bytes> {
         self.tx.clone()
     }
@@ -94,7 +95,11 @@ impl Conn {
 
 /// Opens a stream for `req` on `tx`, which [`poll_ready`](h2::client::SendRequest::poll_ready)
 /// said is ready: its headers are queued now, with END_STREAM when it has no body. The body's
-/// pipe comes back when there is one to send.
+/// pipe comes back when there is one to send, with the state its response body signals it by.
+///
+/// A body of known length gets a `Content-Length` if it has none and the length is not zero or
+/// the method defines a body (hyper's client did the same): an upload whose headers ended the
+/// stream reaches the app as `content-length: 0`, not without one.
 ///
 /// # Errors
 /// h2 refused the request (a header HTTP/2 does not allow, or the connection went away); the
@@ -102,18 +107,41 @@ impl Conn {
 pub fn start(
     tx: &mut h2::client::SendRequest<Bytes>,
     req: Request<RequestBody>,
-) -> Result<(ResponseFuture, Option<Pipe>), h2::Error> {
-    let (parts, body) = req.into_parts();
+) -> Result<Started, h2::Error> {
+    let (mut parts, body) = req.into_parts();
     let eos = body.is_end_stream();
+    if let Some(len) = body.size_hint().exact() {
+        let defines_body = !matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::DELETE
+                | Method::OPTIONS
+                | Method::CONNECT
+                | Method::TRACE
+        );
+        if (len != 0 || defines_body) && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
     let (rsp, stream) = tx.send_request(Request::from_parts(parts, ()), eos)?;
-    let pipe = (!eos).then(|| Pipe {
+    if eos {
+        return Ok((rsp, None));
+    }
+    let state = body.shared_state();
+    let pipe = Pipe {
         body,
         stream,
         pending: None,
         eos: false,
-    });
-    Ok((rsp, pipe))
+    };
+    Ok((rsp, Some((pipe, state))))
 }
+
+/// A started stream: the response to wait for, and the body's pipe with its shared state.
+pub type Started = (ResponseFuture, Option<(Pipe, Arc<BodyState>)>);
 
 /// Drives the connection: until it ends, or until its handles are gone and its last stream
 /// done. Pings it every [`KEEP_ALIVE`] and drops it when a ping goes unanswered.
