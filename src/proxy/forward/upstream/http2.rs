@@ -28,8 +28,9 @@ use crate::proxy::forward::body::{BodyState, RequestBody};
 /// What the upstream may send before the proxy has passed it on: per stream, and for the
 /// connection, which is one downstream connection's: 2 MiB received and not yet taken by hyper's
 /// server (whose own send buffer, per stream, comes on top), and still enough to fill a 1 ms
-/// round trip at 1 GB/s per stream. hyper's client was set to grow its window from 64 KiB by BDP estimates instead,
-/// which cost every request a timestamp and a lock for the ping that measures them.
+/// round trip at 1 GB/s per stream. hyper's client was set to grow its window from 64 KiB by BDP
+/// estimates instead, which cost every request a timestamp and a lock for the ping that
+/// measures them.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONN_WINDOW: u32 = 2 << 20;
 /// What one response's headers may take (hyper's default, kept).
