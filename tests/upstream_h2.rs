@@ -27,7 +27,7 @@ use support::{
     body::BoxBody,
     client,
     process::{Proxy, ProxyBuilder},
-    serve::{accept_loop, bind_loopback, BoxError, Served},
+    serve::{accept_loop, bind_loopback, serve_http, BoxError, Served},
     DEADLINE,
 };
 use tokio::{net::TcpStream, sync::mpsc};
@@ -50,6 +50,22 @@ async fn h2c(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequ
             .expect("h2c handshake with the proxy");
     tokio::spawn(conn);
     sender
+}
+
+/// An h2c connection on h2 itself, which adds no header of its own (hyper's client adds
+/// `content-length`) and whose connection task, aborted, closes the socket at once.
+async fn raw_h2c(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    (client.ready().await.expect("ready"), conn)
 }
 
 fn get(path: &str) -> Request<BoxBody> {
@@ -192,35 +208,29 @@ async fn a_client_that_resets_its_upload_resets_the_apps_stream() {
     // The app reads the body to its end and reports how it ended; it never answers first.
     let (got_tx, mut got) = mpsc::channel::<Result<usize, Option<h2::Reason>>>(4);
     let (chunk_tx, mut first_chunk) = mpsc::channel::<()>(1);
-    let app = accept_loop(bind_loopback().await, move |stream, _peer| {
-        let got_tx = got_tx.clone();
-        let chunk_tx = chunk_tx.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let got_tx = got_tx.clone();
-                let chunk_tx = chunk_tx.clone();
-                async move {
-                    let mut body = req.into_body();
-                    let mut read = 0;
-                    let end = loop {
-                        match body.frame().await {
-                            Some(Ok(f)) => {
-                                read += f.data_ref().map_or(0, Bytes::len);
-                                let _ = chunk_tx.try_send(());
-                            }
-                            Some(Err(e)) => break Err(reset_reason(&e)),
-                            None => break Ok(read),
+    let app = serve_http(
+        bind_loopback().await,
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let got_tx = got_tx.clone();
+            let chunk_tx = chunk_tx.clone();
+            async move {
+                let mut body = req.into_body();
+                let mut read = 0;
+                let end = loop {
+                    match body.frame().await {
+                        Some(Ok(f)) => {
+                            read += f.data_ref().map_or(0, Bytes::len);
+                            let _ = chunk_tx.try_send(());
                         }
-                    };
-                    let _ = got_tx.send(end).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
-                }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        }
-    });
+                        Some(Err(e)) => break Err(reset_reason(&e)),
+                        None => break Ok(read),
+                    }
+                };
+                let _ = got_tx.send(end).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            }
+        }),
+    );
     let p = untraced("h2-upload-reset", &app).start().await;
     let mut sender = h2c(p.inbound()).await;
 
@@ -266,45 +276,35 @@ async fn a_client_that_leaves_a_stalled_two_way_stream_resets_the_apps_stream() 
     // socket buffer on the way holds) before it reads any of the upload,
     // and reports when a write fails (its stream was reset).
     let (report_tx, mut report) = mpsc::channel::<&'static str>(4);
-    let app = accept_loop(bind_loopback().await, move |stream, _peer| {
-        let report_tx = report_tx.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let report_tx = report_tx.clone();
-                async move {
-                    let (tx, rx) = mpsc::channel::<Bytes>(1);
-                    tokio::spawn(async move {
-                        let _upload = req.into_body(); // held, unread, while writing
-                        for _ in 0..4096 {
-                            if tx.send(Bytes::from(vec![b'x'; 16 << 10])).await.is_err() {
-                                let _ = report_tx.send("reset").await;
-                                return;
-                            }
+    let app = serve_http(
+        bind_loopback().await,
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let report_tx = report_tx.clone();
+            async move {
+                let (tx, rx) = mpsc::channel::<Bytes>(1);
+                tokio::spawn(async move {
+                    let _upload = req.into_body(); // held, unread, while writing
+                    for _ in 0..4096 {
+                        if tx.send(Bytes::from(vec![b'x'; 16 << 10])).await.is_err() {
+                            let _ = report_tx.send("reset").await;
+                            return;
                         }
-                        let _ = report_tx.send("wrote it all").await;
-                    });
-                    let mut rx = rx;
-                    let body = futures_util::stream::poll_fn(move |cx| {
-                        rx.poll_recv(cx)
-                            .map(|chunk| chunk.map(|c| Ok::<_, BoxError>(Frame::data(c))))
-                    });
-                    Ok::<_, Infallible>(Response::new(StreamBody::new(body)))
-                }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        }
-    });
+                    }
+                    let _ = report_tx.send("wrote it all").await;
+                });
+                let mut rx = rx;
+                let body = futures_util::stream::poll_fn(move |cx| {
+                    rx.poll_recv(cx)
+                        .map(|chunk| chunk.map(|c| Ok::<_, BoxError>(Frame::data(c))))
+                });
+                Ok::<_, Infallible>(Response::new(StreamBody::new(body)))
+            }
+        }),
+    );
     let p = untraced("h2-stalled-bidi", &app).start().await;
     // h2 itself, not hyper: aborting its connection's task closes the socket at once, where
     // hyper's client would keep a connection with a stalled upload open.
-    let tcp = TcpStream::connect(p.inbound())
-        .await
-        .expect("connect to the proxy");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-    let conn = tokio::spawn(conn);
-    let mut client = client.ready().await.expect("ready");
+    let (mut client, conn) = raw_h2c(p.inbound()).await;
     let req = Request::builder()
         .method(Method::POST)
         .uri("http://app/echo")
@@ -338,33 +338,23 @@ async fn a_client_that_leaves_a_stalled_two_way_stream_resets_the_apps_stream() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_whose_headers_end_the_stream_reaches_the_app_with_content_length_zero() {
     let (seen_tx, mut seen) = mpsc::channel::<(String, Option<String>)>(4);
-    let app = accept_loop(bind_loopback().await, move |stream, _peer| {
-        let seen_tx = seen_tx.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let seen_tx = seen_tx.clone();
-                async move {
-                    let length = req
-                        .headers()
-                        .get(http::header::CONTENT_LENGTH)
-                        .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
-                    let _ = seen_tx.send((req.method().to_string(), length)).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        }
-    });
+    let app = serve_http(
+        bind_loopback().await,
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let length = req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .map(|v| v.to_str().unwrap_or("<not text>").to_owned());
+                let _ = seen_tx.send((req.method().to_string(), length)).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        }),
+    );
     let p = untraced("h2-content-length", &app).start().await;
     // h2 itself, not hyper: hyper's client would add the header before the proxy saw it.
-    let tcp = TcpStream::connect(p.inbound())
-        .await
-        .expect("connect to the proxy");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-    tokio::spawn(conn);
-    let mut client = client.ready().await.expect("ready");
+    let (mut client, _conn) = raw_h2c(p.inbound()).await;
     for method in [Method::POST, Method::GET] {
         let req = Request::builder()
             .method(method.clone())
