@@ -275,3 +275,36 @@ impl Pipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app that completes the handshake and then reads nothing more, as one whose process
+    /// hangs or whose host vanished without a FIN: the proxy's ping goes unanswered, and the
+    /// connection is closed `KEEP_ALIVE_TIMEOUT` after it, not kept for the next request.
+    #[tokio::test]
+    async fn a_connection_whose_ping_goes_unanswered_is_closed_after_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            // Returned unpolled: its SETTINGS are sent, pings are never read.
+            h2::server::handshake(tcp).await.unwrap()
+        });
+        let conn = Conn::handshake(TcpStream::connect(addr).await.unwrap())
+            .await
+            .unwrap();
+        let _app = app.await.unwrap();
+        // Paused only now, so that no timer can be advanced past while the handshake's bytes
+        // are still on their way; from here on, the sleeps below take no real time.
+        tokio::time::pause();
+
+        // The ping goes at KEEP_ALIVE; until its timeout, the connection is still usable.
+        tokio::time::sleep(KEEP_ALIVE + KEEP_ALIVE_TIMEOUT - Duration::from_secs(1)).await;
+        assert!(conn.is_open(), "closed before the ping's timeout");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::task::yield_now().await;
+        assert!(!conn.is_open(), "open after an unanswered ping's timeout");
+    }
+}
