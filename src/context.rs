@@ -331,6 +331,17 @@ pub(crate) fn arena_bytes(bytes: &[u8]) -> bytes::Bytes {
     })
 }
 
+/// A copy of `value` cut from the per-thread arena, sharing nothing with the buffer it was
+/// parsed from. A value hyper parsed is a slice of the connection's whole read buffer (8 KiB or
+/// more), so whatever keeps it past the request (a span record, until export) keeps that
+/// buffer alive, and hyper takes a new one for the next request.
+pub(crate) fn detached(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_maybe_shared(arena_bytes(value.as_bytes()))
+        .expect("the bytes of a header value are a header value");
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 /// `shared`, visible ASCII, as a header value marked sensitive (see [`ascii_value`]).
 pub(crate) fn ascii_header(shared: bytes::Bytes) -> HeaderValue {
     let mut value =

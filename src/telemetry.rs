@@ -80,18 +80,13 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
-    /// Copies the header values the record holds, so that it keeps no part of hyper's request
-    /// buffer alive (a value parsed by hyper shares the whole head's buffer, 8 KiB or more);
-    /// a `tracestate` over 512 bytes (the length W3C asks every hop to propagate) is dropped.
-    /// For records parked by retention, which may wait a while.
-    pub fn detach_headers(&mut self) {
-        let own = |v: &HeaderValue| {
-            (v.len() <= 512)
-                .then(|| HeaderValue::from_bytes(v.as_bytes()).ok())
-                .flatten()
-        };
-        self.tracestate = self.tracestate.as_ref().and_then(own);
-        self.grpc_message = self.grpc_message.as_ref().and_then(own);
+    /// Drops a `tracestate` or `grpc-message` over 512 bytes (the length W3C asks every hop to
+    /// propagate), for records parked by retention, which may wait a while. The values are
+    /// copies already ([`crate::context::detached`]): no record holds hyper's read buffer.
+    pub fn trim_for_parking(&mut self) {
+        let fits = |v: &HeaderValue| v.len() <= 512;
+        self.tracestate = self.tracestate.take().filter(fits);
+        self.grpc_message = self.grpc_message.take().filter(fits);
     }
 }
 

@@ -530,3 +530,16 @@ fn replay(dir: &Path, check: Check) -> usize {
     }
     n
 }
+
+#[test]
+fn a_detached_value_is_equal_and_keeps_nothing_of_the_buffer_it_was_cut_from() {
+    // As hyper parses a head: the value is a slice of the connection's read buffer.
+    let buffer = bytes::Bytes::from(b"tracestate: ot=th:0,vendor=1\r\n".repeat(300));
+    let mut parsed = HeaderValue::from_maybe_shared(buffer.slice(12..28)).unwrap();
+    parsed.set_sensitive(true);
+    let copy = detached(&parsed);
+    drop(parsed);
+    assert_eq!(copy, "ot=th:0,vendor=1");
+    assert!(copy.is_sensitive());
+    assert!(buffer.is_unique(), "the copy still shares the read buffer");
+}

@@ -146,12 +146,10 @@ impl Retention {
         self.ring.take_trace(trace, siblings);
     }
 
-    /// Parks a record that was not kept (see [`ring::Ring::push`]). Header values it holds are
-    /// copied first: a value parsed by hyper shares the whole request head's buffer, which the
-    /// ring must not keep alive; a `tracestate` over 512 bytes (the length W3C asks every hop
-    /// to propagate) is not kept.
+    /// Parks a record that was not kept (see [`ring::Ring::push`]); a `tracestate` over 512
+    /// bytes (the length W3C asks every hop to propagate) is not kept.
     pub fn park(&self, mut record: SpanRecord) -> ring::Pushed {
-        record.detach_headers();
+        record.trim_for_parking();
         self.ring.push(record, |trace| self.kept.contains(trace))
     }
 

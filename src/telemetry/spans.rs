@@ -190,7 +190,9 @@ where
             kind: layer.kind,
             context: ctx,
             parent,
-            tracestate,
+            // Copied: the incoming value shares hyper's read buffer, which the record would
+            // hold until export (BENCHMARKS.md, "A span record held its request's buffer").
+            tracestate: tracestate.as_ref().map(context::detached),
             start: SystemTime::now(),
             duration: Default::default(),
             method: req.method().clone(),
@@ -436,7 +438,7 @@ impl Pending {
         }
         if let Some(r) = self.record.as_mut() {
             r.grpc_status = Some(code);
-            r.grpc_message = trailers.get(&GRPC_MESSAGE).cloned();
+            r.grpc_message = trailers.get(&GRPC_MESSAGE).map(context::detached);
         }
     }
 
