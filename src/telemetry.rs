@@ -80,13 +80,19 @@ pub struct SpanRecord {
 }
 
 impl SpanRecord {
-    /// Drops a `tracestate` or `grpc-message` over 512 bytes (the length W3C asks every hop to
-    /// propagate), for records parked by retention, which may wait a while. The values are
-    /// copies already ([`crate::context::detached`]): no record holds hyper's read buffer.
+    /// For records parked by retention, which may wait a while: the header values copied once
+    /// more, each into an allocation of its own. The record's values are already copies
+    /// ([`crate::context::detached`]) but cut from the per-thread header arena, and a full ring
+    /// of them would pin one 4 KiB chunk per few dozen records. A `tracestate` or
+    /// `grpc-message` over 512 bytes (the length W3C asks every hop to propagate) is dropped.
     pub fn trim_for_parking(&mut self) {
-        let fits = |v: &HeaderValue| v.len() <= 512;
-        self.tracestate = self.tracestate.take().filter(fits);
-        self.grpc_message = self.grpc_message.take().filter(fits);
+        let own = |v: &HeaderValue| {
+            (v.len() <= 512)
+                .then(|| HeaderValue::from_bytes(v.as_bytes()).ok())
+                .flatten()
+        };
+        self.tracestate = self.tracestate.as_ref().and_then(own);
+        self.grpc_message = self.grpc_message.as_ref().and_then(own);
     }
 }
 
