@@ -35,9 +35,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use k8s_openapi::{
     api::core::v1::{Container, Namespace, PodSpec},
@@ -65,6 +65,10 @@ use crate::{
 const POD_SECURITY_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// Reviews larger than this are refused with 413. The API server's own request limit is 3 MiB.
 pub const MAX_REVIEW_BYTES: usize = 4 << 20;
+/// What of an oversized review is still read, and for how long, before the 413 (see
+/// [`read_review`]).
+const OVERSIZED_DRAIN_BYTES: usize = 16 << 20;
+const OVERSIZED_DRAIN_TIME: Duration = Duration::from_secs(2);
 /// Each namespace lookup is bounded, well inside the webhook's own `timeoutSeconds`.
 const NAMESPACE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -692,6 +696,53 @@ fn json_response(status: StatusCode, review: &AdmissionReview<DynamicObject>) ->
         .expect("static response parts are valid")
 }
 
+enum ReadError {
+    TooLarge,
+    Body(String),
+}
+
+/// Reads a review of at most [`MAX_REVIEW_BYTES`]. Of a larger one, up to
+/// [`OVERSIZED_DRAIN_BYTES`] more are read and thrown away, for at most
+/// [`OVERSIZED_DRAIN_TIME`], before the 413 goes: a connection closed with bytes unread is
+/// reset, and the reset can destroy the answer before the client has read it, so that the
+/// client sees a broken pipe instead of the 413 (nginx's "lingering close").
+async fn read_review<B>(body: B) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut review = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Body(e.to_string()))?;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers: a review has none that matter
+        };
+        if review.len() + data.remaining() > MAX_REVIEW_BYTES {
+            let mut drained = data.remaining();
+            let _ = tokio::time::timeout(OVERSIZED_DRAIN_TIME, async {
+                while drained < OVERSIZED_DRAIN_BYTES {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            drained += frame.data_ref().map_or(0, |d| d.remaining());
+                        }
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+            return Err(ReadError::TooLarge);
+        }
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            review.extend_from_slice(chunk);
+            let n = chunk.len();
+            data.advance(n);
+        }
+    }
+    Ok(review.freeze())
+}
+
 /// Routes one HTTP request: `POST /mutate`, `GET /ready`, `GET /live`.
 pub async fn handle<B>(webhook: &Webhook, req: Request<B>) -> Response<Body>
 where
@@ -709,18 +760,17 @@ where
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let body = match read_review(req.into_body()).await {
+                Ok(b) => b,
+                Err(ReadError::TooLarge) => {
                     return text(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("AdmissionReview larger than {MAX_REVIEW_BYTES} bytes\n"),
                     );
                 }
-                Err(e) => return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")),
+                Err(ReadError::Body(e)) => {
+                    return text(StatusCode::BAD_REQUEST, format!("reading the body: {e}\n"))
+                }
             };
             match webhook.review(&body).await {
                 Ok(review) => {
