@@ -124,6 +124,22 @@ struct Attack {
 /// HEADERS + RST_STREAM(CANCEL) pairs over `h2`, as fast as the connection takes them, on one
 /// connection at a time (a new one when the proxy sends GOAWAY or closes). Stops once
 /// [`RESET_PAIRS`] are sent and `enough()` says so, or at [`MAX_RESET_PAIRS`].
+/// An untraced proxy in front of `app`, a normal client's connection that has had one answer
+/// through it, and the proxy's RSS after that answer.
+async fn warm_proxy(
+    name: &str,
+    app: SocketAddr,
+) -> (Proxy, hyper::client::conn::http2::SendRequest<BoxBody>, u64) {
+    let p = untraced(name, app).start().await;
+    let addr = p.inbound();
+    let mut normal = h2c_connection(addr).await;
+    timed_get(&mut normal, addr, "/warm-up")
+        .await
+        .unwrap_or_else(|e| panic!("warm-up request: {e}"));
+    let rss = rss_bytes(&p).await;
+    (p, normal, rss)
+}
+
 async fn rapid_reset(addr: SocketAddr, enough: impl Fn() -> bool) -> Attack {
     let mut attack = Attack::default();
     let done = |a: &Attack| a.pairs >= MAX_RESET_PAIRS || (a.pairs >= RESET_PAIRS && enough());
@@ -186,14 +202,8 @@ async fn rapid_reset_stays_bounded_while_a_normal_client_is_served_promptly() {
     const MIN_SAMPLES: usize = 25;
     const EVERY: Duration = Duration::from_millis(20);
     let app = App::start(Behaviour::status(200, "ok")).await;
-    let p = untraced("rapid-reset", app.addr()).start().await;
+    let (p, mut normal, rss_before) = warm_proxy("rapid-reset", app.addr()).await;
     let addr = p.inbound();
-
-    let mut normal = h2c_connection(addr).await;
-    timed_get(&mut normal, addr, "/warm-up")
-        .await
-        .unwrap_or_else(|e| panic!("warm-up request: {e}"));
-    let rss_before = rss_bytes(&p).await;
 
     let samples = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = samples.clone();
@@ -569,13 +579,8 @@ async fn a_client_that_never_reads_its_downloads_holds_a_bounded_share_of_the_pr
         http::Response::new(http_body_util::Full::new(body))
     }))
     .await;
-    let p = untraced("h2-unread", app.addr()).start().await;
+    let (p, mut normal, rss_before) = warm_proxy("h2-unread", app.addr()).await;
     let addr = p.inbound();
-    let mut normal = h2c_connection(addr).await;
-    timed_get(&mut normal, addr, "/warm-up")
-        .await
-        .unwrap_or_else(|e| panic!("warm-up request: {e}"));
-    let rss_before = rss_bytes(&p).await;
 
     // A window as large as HTTP/2 allows, for every stream and the connection, so that only
     // the proxy's own limits stop it sending; then 128 GETs, and not one byte read.
