@@ -88,6 +88,25 @@ fn every_byte_value_round_trips_through_hex() {
 }
 
 #[test]
+fn every_byte_that_is_not_a_lowercase_hex_digit_is_refused_at_every_position() {
+    let valid = b"00f067aa0ba902b7";
+    for at in 0..valid.len() {
+        for b in 0..=u8::MAX {
+            let mut hex = *valid;
+            hex[at] = b;
+            let digit = b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            match SpanId::from_hex(&hex) {
+                Ok(id) => {
+                    assert!(digit, "{b:#04x} at {at} accepted");
+                    assert_eq!(id.to_hex(), hex, "{b:#04x} at {at}");
+                }
+                Err(e) => assert!(!digit && e == ParseError::Hex, "{b:#04x} at {at}: {e:?}"),
+            }
+        }
+    }
+}
+
+#[test]
 fn random_ids_are_valid_and_differ() {
     let traces: Vec<TraceId> = (0..100).map(|_| TraceId::random()).collect();
     let spans: Vec<SpanId> = (0..100).map(|_| SpanId::random()).collect();
