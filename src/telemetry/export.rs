@@ -157,7 +157,8 @@ impl ExportTask {
     /// call still bounded by the export timeout) and shuts the exporter down.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let max = self.batch.max_export_batch_size;
-        let mut batch: Vec<SpanRecord> = Vec::with_capacity(max);
+        // Only the console and in-memory exporters batch records; OTLP encodes from the queue.
+        let mut batch: Vec<SpanRecord> = Vec::new();
         let mut tick = tokio::time::interval(self.batch.schedule_delay);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -170,12 +171,7 @@ impl ExportTask {
                 _ = tick.tick() => true,
             };
             while scheduled || self.rx.len() >= max {
-                let n = self.take(&mut batch, max);
-                if batch.is_empty() {
-                    break;
-                }
-                self.export(&mut batch).await;
-                if n < max {
+                if self.export_queued(&mut batch, max).await < max {
                     break;
                 }
             }
@@ -184,16 +180,41 @@ impl ExportTask {
             }
         }
         // Flush: what was queued before shutdown, in batches.
-        while let Ok(record) = self.rx.try_recv() {
-            self.metrics.queue_depth.dec();
-            batch.push(record);
-            if batch.len() >= max {
-                self.export(&mut batch).await;
-            }
+        while self.export_queued(&mut batch, max).await > 0 {}
+    }
+
+    /// Exports up to `max` queued records; returns how many (none: nothing was sent).
+    async fn export_queued(&mut self, batch: &mut Vec<SpanRecord>, max: usize) -> usize {
+        let n = match self.encoder.is_some() {
+            true => self.encode_queued(max),
+            false => self.take(batch, max),
+        };
+        if n > 0 {
+            self.export(batch, n as u64).await;
         }
-        if !batch.is_empty() {
-            self.export(&mut batch).await;
+        n
+    }
+
+    /// For OTLP: encodes up to `max` queued records straight out of the queue and moves each
+    /// into the store, with no batch between them. A record is ~560 bytes, and each move of one
+    /// is a `memcpy` (callgrind: 1.6k instructions per proxied request in moves of records).
+    fn encode_queued(&mut self, max: usize) -> usize {
+        let (Some(encoder), rx) = (&mut self.encoder, &mut self.rx) else {
+            return 0;
+        };
+        let mut n = 0;
+        let records = std::iter::from_fn(|| {
+            let r = (n < max).then(|| rx.try_recv().ok()).flatten()?;
+            encoder.push(&r);
+            n += 1;
+            Some(r)
+        });
+        match &self.store {
+            Some(store) => store.add(records),
+            None => records.for_each(drop),
         }
+        self.metrics.queue_depth.dec_by(n as i64);
+        n
     }
 
     /// Moves up to `max` queued records into `batch`; returns how many.
@@ -212,19 +233,11 @@ impl ExportTask {
         n
     }
 
-    /// Exports and empties `records` (its capacity is kept for the next batch).
-    async fn export(&mut self, records: &mut Vec<SpanRecord>) {
-        let n = records.len() as u64;
+    /// Sends the `n` spans taken: for OTLP the encoder's request, otherwise `records` (then
+    /// emptied; its capacity is kept for the next batch).
+    async fn export(&mut self, records: &mut Vec<SpanRecord>, n: u64) {
         if let (Exporter::Otlp(client), Some(encoder)) = (&mut self.exporter, &mut self.encoder) {
-            // Encoded in place, then moved into the store: no record is cloned.
-            for r in records.iter() {
-                encoder.push(r);
-            }
             let body = encoder.finish();
-            match &self.store {
-                Some(store) => store.add(records.drain(..)),
-                None => records.clear(),
-            }
             let ok = match tokio::time::timeout(self.timeout, client.send(body)).await {
                 Ok(Ok(())) => true,
                 Ok(Err(error)) => {
@@ -247,7 +260,7 @@ impl ExportTask {
             .map(|r| to_span_data(r, &self.scope))
             .collect();
         let ok = match &self.exporter {
-            Exporter::Otlp(_) => unreachable!("OTLP batches are encoded above"),
+            Exporter::Otlp(_) => unreachable!("OTLP batches are encoded by encode_queued"),
             Exporter::Console => {
                 let mut out = String::new();
                 for s in &spans {
