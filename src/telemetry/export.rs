@@ -116,7 +116,7 @@ pub struct ExportTask {
     scope: InstrumentationScope,
     /// For OTLP: the protobuf encoder and its reused buffers.
     encoder: Option<Encoder>,
-    /// `/debug/traces`: each batch is copied in before it is exported.
+    /// `/debug/traces`: each record goes in as it is encoded (OTLP), or before its batch goes.
     pub store: Option<Arc<super::store::TraceStore>>,
 }
 

@@ -1,8 +1,8 @@
 //! The trace store behind `/debug/traces`: the spans this proxy exported most recently, in
 //! memory, so a person can read a trace with no collector at all.
 //!
-//! The export task hands each batch to [`TraceStore::add`] before it encodes it, from the same
-//! records: nothing is added to the request path. The store is a fixed ring of records
+//! The export task moves each record into [`TraceStore::add`] as it encodes it out of the
+//! queue (OTLP), or each batch before it exports it: nothing is added to the request path. The store is a fixed ring of records
 //! (`--debug-traces-spans`, default [`DEFAULT_SPANS`]; a record is about 570 bytes), so memory is
 //! bounded and adding allocates nothing; the oldest span makes room. Reading (a page view)
 //! groups the ring by trace, newest trace first.
