@@ -121,9 +121,6 @@ struct Attack {
     endings: Vec<String>,
 }
 
-/// HEADERS + RST_STREAM(CANCEL) pairs over `h2`, as fast as the connection takes them, on one
-/// connection at a time (a new one when the proxy sends GOAWAY or closes). Stops once
-/// [`RESET_PAIRS`] are sent and `enough()` says so, or at [`MAX_RESET_PAIRS`].
 /// An untraced proxy in front of `app`, a normal client's connection that has had one answer
 /// through it, and the proxy's RSS after that answer.
 async fn warm_proxy(
@@ -140,6 +137,9 @@ async fn warm_proxy(
     (p, normal, rss)
 }
 
+/// HEADERS + RST_STREAM(CANCEL) pairs over `h2`, as fast as the connection takes them, on one
+/// connection at a time (a new one when the proxy sends GOAWAY or closes). Stops once
+/// [`RESET_PAIRS`] are sent and `enough()` says so, or at [`MAX_RESET_PAIRS`].
 async fn rapid_reset(addr: SocketAddr, enough: impl Fn() -> bool) -> Attack {
     let mut attack = Attack::default();
     let done = |a: &Attack| a.pairs >= MAX_RESET_PAIRS || (a.pairs >= RESET_PAIRS && enough());

@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -715,7 +715,7 @@ where
     let mut review = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Body(e.to_string()))?;
-        let Ok(mut data) = frame.into_data() else {
+        let Ok(data) = frame.into_data() else {
             continue; // trailers: a review has none that matter
         };
         if review.len() + data.remaining() > MAX_REVIEW_BYTES {
@@ -733,12 +733,7 @@ where
             .await;
             return Err(ReadError::TooLarge);
         }
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            review.extend_from_slice(chunk);
-            let n = chunk.len();
-            data.advance(n);
-        }
+        review.put(data);
     }
     Ok(review.freeze())
 }
