@@ -221,14 +221,26 @@ wait_port() { # port pid [seconds]
 
 children() { pgrep -P "$1" 2>/dev/null | tr '\n' ' ' || true; }
 
-cpu_ticks() { # pids... -> utime+stime summed, in clock ticks (all threads of each process)
-  local t=0 p s rest
-  local -a f
-  for p in "$@"; do
-    s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
-    rest="${s##*) }"
-    read -r -a f <<<"$rest"
-    t=$((t + f[11] + f[12]))
+closed_cpu_sampler() { # warm-seconds file: the proxy's CPU time (ns) and the wall clock over
+  # the closed loop's measured window (from warm + 0.5 s, for SECS - 1 s), so that CPU per
+  # request under saturation can be read off the window's req/s.
+  local warm="$1" out="$2" a b ta tb
+  sleep "$warm.5"
+  a="$(cpu_ns "${MEASURE[@]}")"; ta="$(date +%s.%N)"
+  sleep "$((SECS - 1))"
+  b="$(cpu_ns "${MEASURE[@]}")"; tb="$(date +%s.%N)"
+  echo "$a $b $ta $tb" >"$out"
+}
+
+cpu_ns() { # pids... -> time on CPU (user + system) of their live threads, in ns, from each
+  # thread's schedstat: exact, where /proc/PID/stat counts 1/CLK_TCK s ticks (a 5 s window of a
+  # process at half a core is only ~250 of them). A thread that exits inside a window takes its
+  # time with it, so this is for windows in which the proxy's threads live on (they do: its
+  # workers, its control runtime and the access-log writer run as long as the process).
+  local t=0 f run rest
+  for f in $(printf '/proc/%s/task/*/schedstat ' "$@"); do
+    read -r run rest <"$f" 2>/dev/null || continue
+    t=$((t + run))
   done
   echo "$t"
 }
@@ -494,21 +506,27 @@ measure() { # leg proto
       -- sleep "$((WARM + SECS - 1))" >"$base-perf-record.log" 2>&1 &
     perf_pid=$!
   fi
+  local sampler
   if [ "$proto" = h1 ]; then
     local wrkargs=()
     if [ -n "$ABS_TARGET" ]; then wrkargs=(-s "$HERE/abs-form.lua"); export BENCH_ABS_TARGET="$ABS_TARGET"; fi
     if [ "$WARM" -gt 0 ]; then
       run_load "$base-warmup.txt" "$budget" wrk -t1 -c"$WRK_CONNS" -d"${WARM}s" "${wrkargs[@]}" "$url"
     fi
+    closed_cpu_sampler 0 "$base-closed-cpu.txt" & sampler=$!
     run_load "$base-closed.txt" "$budget" wrk -t1 -c"$WRK_CONNS" -d"${SECS}s" --latency "${wrkargs[@]}" "$url"
     python3 "$HERE/benchlib.py" wrk "$leg" "$proto" "$base-closed.txt" >>"$RESULTS"
   else
     local warmargs=(); [ "$WARM" -gt 0 ] && warmargs=(--warm-up-time "$WARM")
+    closed_cpu_sampler "$WARM" "$base-closed-cpu.txt" & sampler=$!
     run_load "$base-closed.txt" "$budget" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$SECS" "${warmargs[@]}" \
       --log-file "$base-closed.reqlog" "${h2auth[@]}" "$url"
     python3 "$HERE/benchlib.py" h2load closed "$leg" "$proto" "$base-closed.txt" "$base-closed.reqlog" >>"$RESULTS"
     rm -f "$base-closed.reqlog"
   fi
+  wait "$sampler" || true
+  python3 "$HERE/benchlib.py" closedcpu "$leg" "$proto" "$base-closed-cpu.txt" 1000000000 "$RESULTS" >>"$RESULTS.cpu" \
+    && cat "$RESULTS.cpu" >>"$RESULTS"; rm -f "$RESULTS.cpu"
   if [ -n "$perf_pid" ]; then
     wait "$perf_pid" || log "perf record exited with $? (see $base-perf-record.log)"
     perf report -i "$base.perf.data" --no-children --sort symbol --percent-limit 0.5 --stdio \
@@ -530,10 +548,10 @@ measure() { # leg proto
       -- sleep "$SECS" >"$base-stat.log" 2>&1 &
     stat_pid=$!
   fi
-  c0="$(cpu_ticks "${MEASURE[@]}")"; t0="$(date +%s.%N)"
+  c0="$(cpu_ns "${MEASURE[@]}")"; t0="$(date +%s.%N)"
   run_load "$base-fixed.txt" "$budget" h2load "${h1flag[@]}" -t1 -c"$RATE_CONNS" -m"$streams" --rps "$per_conn" \
     -D "$SECS" --log-file "$base-fixed.reqlog" "${h2auth[@]}" "$url"
-  t1="$(date +%s.%N)"; c1="$(cpu_ticks "${MEASURE[@]}")"
+  t1="$(date +%s.%N)"; c1="$(cpu_ns "${MEASURE[@]}")"
   if [ -n "$stat_pid" ]; then
     wait "$stat_pid" || log "perf stat exited with $? (see $base-stat.log)"
     python3 "$HERE/benchlib.py" stat "$leg" "$proto" "$base-stat.csv" "$base-fixed.txt" >>"$RESULTS" || true
@@ -562,7 +580,7 @@ measure() { # leg proto
     [ -n "$statsnote" ] || statsnote="(no exporter counters found; see $(basename "$base")-stats.txt)"
   fi
 
-  python3 - "$leg" "$proto" "$c0" "$c1" "$t0" "$t1" "$rss" "$(getconf CLK_TCK)" "$base-fixed.txt" "$statsnote" "$idle_kib" "$rss_anon" "$rss_file" >>"$RESULTS" <<'PY'
+  python3 - "$leg" "$proto" "$c0" "$c1" "$t0" "$t1" "$rss" 1000000000 "$base-fixed.txt" "$statsnote" "$idle_kib" "$rss_anon" "$rss_file" >>"$RESULTS" <<'PY'
 import json, re, sys
 leg, proto, c0, c1, t0, t1, rss, hz, fixed, statsnote, idle_kib, rss_anon, rss_file = sys.argv[1:]
 cpu_s = (int(c1) - int(c0)) / float(hz)

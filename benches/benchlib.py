@@ -4,6 +4,8 @@
   benchlib.py wrk LEG PROTO OUTPUT                  -> one JSON line (closed loop, HTTP/1.1)
   benchlib.py h2load KIND LEG PROTO OUTPUT LOGFILE  -> one JSON line (KIND: closed | fixed)
   benchlib.py stat LEG PROTO STAT.csv FIXED_OUTPUT  -> one JSON line (perf stat counts per request)
+  benchlib.py closedcpu LEG PROTO SAMPLE HZ RESULTS.jsonl
+                                                    -> one JSON line (CPU µs per request, closed loop)
   benchlib.py callgrind LEG PROTO H2LOAD_OUTPUT CALLGRIND.out...
                                                     -> one JSON line (instructions per request)
   benchlib.py report RESULTS.jsonl META.json        -> markdown on stdout
@@ -115,6 +117,29 @@ def parse_h2load(kind, leg, proto, path, logfile):
     return r
 
 
+def parse_closed_cpu(leg, proto, sample_path, hz, results_path):
+    """The proxy's CPU time per request in the closed loop: its share of a core over the
+    measured window (`closed_cpu_sampler` in bench.sh) divided by the run's req/s. This is what
+    bounds throughput when the proxy is the bottleneck, kernel time included, and it is far less
+    noisy than req/s, which also moves with everything else on the core."""
+    r = {"kind": "closedcpu", "leg": leg, "proto": proto}
+    try:
+        a, b, ta, tb = open(sample_path, encoding="utf-8").read().split()
+        share = (int(b) - int(a)) / float(hz) / (float(tb) - float(ta))
+    except (OSError, ValueError, ZeroDivisionError):
+        r["failed"] = "no closed-loop CPU sample (see %s)" % sample_path
+        return r
+    rps = None
+    for line in open(results_path, encoding="utf-8"):
+        row = json.loads(line) if line.strip() else {}
+        if row.get("kind") == "closed" and row.get("leg") == leg and row.get("proto") == proto:
+            rps = row.get("rps")
+    r["core_share"] = share
+    if rps:
+        r["cpu_us_per_req"] = share / rps * 1e6
+    return r
+
+
 # ---------------------------------------------------------------------------------------- report
 
 def fmt(v, digits=2):
@@ -186,13 +211,15 @@ def report(results_path, meta_path):
           "Fixed rate: `h2load --rps` at %s req/s in total over %s connections. "
           "Latencies in ms. CPU: user+system time of the proxy process(es) during the fixed-rate run, "
           "as %% of one core per 1,000 req/s (for *direct*: the upstream nginx itself). "
+          "CPU µs/req: the proxy process(es)' user+system time per request in the closed loop "
+          "(share of a core over its measured window ÷ its req/s). "
           "RSS: VmRSS after the load (sum over the leg's processes); anon / file: its RssAnon "
           "(heap, stacks) and RssFile (pages of the binary and libraries) parts."
           % (meta.get("wrk_conns"), meta.get("h2_conns"), meta.get("h2_streams"),
              meta.get("rate"), meta.get("rate_conns")))
         w("")
-        w("| leg | proto | closed req/s | p50 | p90 | p99 | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | anon / file MiB | errors |")
-        w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        w("| leg | proto | closed req/s | p50 | p90 | p99 | CPU µs/req | fixed req/s | p50 | p90 | p99 | CPU %/1k req/s | RSS MiB | anon / file MiB | errors |")
+        w("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         for proto in ("h1", "h2c"):
             for leg in LEG_ORDER:
                 d = by.get((leg, proto))
@@ -202,16 +229,17 @@ def report(results_path, meta_path):
                 f = d.get("fixed", {})
                 s = d.get("proc", {})
                 if d.get("skipped"):
-                    w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |  |" % (
+                    w("| %s | %s | %s |  |  |  |  |  |  |  |  |  |  |  |  |" % (
                         LEG_NAMES[leg], PROTO_NAMES[proto], "skipped: " + d["skipped"]["reason"]))
                     continue
                 errs = [x for x in (c.get("errors"), f.get("errors")) if x is not None]
                 split = "—"
                 if s.get("rss_anon_mib") is not None and s.get("rss_file_mib") is not None:
                     split = "%s / %s" % (fmt(s["rss_anon_mib"], 1), fmt(s["rss_file_mib"], 1))
-                w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                     LEG_NAMES[leg], PROTO_NAMES[proto],
                     fmt(c.get("rps")), fmt(c.get("p50")), fmt(c.get("p90")), fmt(c.get("p99")),
+                    fmt(d.get("closedcpu", {}).get("cpu_us_per_req")),
                     fmt(f.get("rps")), fmt(f.get("p50")), fmt(f.get("p90")), fmt(f.get("p99")),
                     fmt(s.get("cpu_pct_per_krps")), fmt(s.get("rss_mib"), 1), split,
                     sum(errs) if errs else "—"))
@@ -238,6 +266,7 @@ def report(results_path, meta_path):
                     ("closed-loop p99", "closed", "p99", True),
                     ("fixed-rate p50", "fixed", "p50", True),
                     ("fixed-rate p99", "fixed", "p99", True),
+                    ("CPU µs per request, closed loop", "closedcpu", "cpu_us_per_req", False),
                     ("CPU per 1k req/s", "proc", "cpu_pct_per_krps", False),
                     ("RSS", "proc", "rss_mib", False),
                     ("KiB per idle keep-alive connection", "proc", "idle_kib_per_conn", False),
@@ -250,6 +279,31 @@ def report(results_path, meta_path):
         if not any_tm:
             w("No tracemesh leg ran, so there are no ratios (see the banner above).")
         w("")
+        cost = [(proto, by[("tracemesh", proto)], by[("tracemesh-notrace", proto)]) for proto in ("h1", "h2c")
+                if "closed" in by.get(("tracemesh", proto), {}) and "closed" in by.get(("tracemesh-notrace", proto), {})]
+        if cost:
+            w("## Tracing's cost in the same binary (tracing on ÷ exporter `none`)")
+            w("")
+            w("Throughput kept by tracing, three ways: closed-loop req/s (noisy: it moves with "
+              "everything on the core), the inverse of the closed loop's CPU per request (what "
+              "caps throughput when the proxy is the bottleneck, kernel time included), and the "
+              "inverse of CPU per 1k req/s at the fixed rate. Medians over repeats; each repeat "
+              "runs the two legs one after the other.")
+            w("")
+            w("| proto | closed req/s kept | by closed-loop CPU per request | by fixed-rate CPU | CPU µs/req on / none |")
+            w("|---|--:|--:|--:|--:|")
+            for proto, on, off in cost:
+                def kept(kind, key, inverse):
+                    a, b = on.get(kind, {}).get(key), off.get(kind, {}).get(key)
+                    if not a or not b:
+                        return "—"
+                    return "%.3f" % ((b / a) if inverse else (a / b))
+                us = (on.get("closedcpu", {}).get("cpu_us_per_req"), off.get("closedcpu", {}).get("cpu_us_per_req"))
+                w("| %s | %s | %s | %s | %s |" % (
+                    PROTO_NAMES[proto], kept("closed", "rps", False), kept("closedcpu", "cpu_us_per_req", True),
+                    kept("proc", "cpu_pct_per_krps", True),
+                    "%s / %s" % (fmt(us[0]), fmt(us[1])) if all(us) else "—"))
+            w("")
     stats = [(leg, proto, by[(leg, proto)]["stat"]) for proto in ("h1", "h2c") for leg in LEG_ORDER
              if "stat" in by.get((leg, proto), {}) and "syscalls_per_req" in by[(leg, proto)]["stat"]]
     if stats:
@@ -402,6 +456,8 @@ def main(argv):
         print(json.dumps(parse_stat(argv[2], argv[3], argv[4], argv[5])))
     elif cmd == "callgrind" and len(argv) >= 5:
         print(json.dumps(parse_callgrind(argv[2], argv[3], argv[4], argv[5:])))
+    elif cmd == "closedcpu" and len(argv) == 7:
+        print(json.dumps(parse_closed_cpu(argv[2], argv[3], argv[4], int(argv[5]), argv[6])))
     elif cmd == "report" and len(argv) == 4:
         report(argv[2], argv[3])
     elif cmd == "idle" and len(argv) == 6:
