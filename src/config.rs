@@ -193,7 +193,7 @@ pub struct ProxyArgs {
     /// slow, or whose trace a downstream hop kept, as well as the head-sampled ones.
     #[arg(long, env = ENV_RETENTION, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub retention: bool,
-    /// Unkept span records held for a later keep decision (568 bytes each).
+    /// Unkept span records held for a later keep decision (about 640 bytes each).
     #[arg(long, env = ENV_RETENTION_RING_SPANS, default_value_t = crate::telemetry::retention::DEFAULT_RING_SPANS)]
     pub retention_ring_spans: usize,
     /// A span longer than this is kept as slow, whatever its route (default: learned per route).
@@ -231,7 +231,7 @@ pub struct ProxyArgs {
     /// port-forward`); `on`: for every client of the admin port; `off`: no page, no memory.
     #[arg(long, env = ENV_DEBUG_TRACES, default_value = "local", value_parser = ["off", "local", "on"])]
     pub debug_traces: String,
-    /// Spans `/debug/traces` holds (about 570 bytes each); the oldest make room.
+    /// Spans `/debug/traces` holds (about 640 bytes each); the oldest make room.
     #[arg(long, env = ENV_DEBUG_TRACES_SPANS, default_value = "1024", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub debug_traces_spans: u32,
     /// Switch off the RED metrics (`tracemesh_requests_total`, `tracemesh_request_duration_seconds`).

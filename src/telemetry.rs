@@ -1,8 +1,10 @@
 //! Telemetry: the span layer, the sampler, and export.
 //!
 //! The data path builds a small [`SpanRecord`] (IDs, timings, and cheap `Bytes`-backed clones
-//! of the request's method, URI and a few headers) and hands it to a bounded queue with
-//! `try_send`; a full queue drops the span and counts it. One export task encodes batches of
+//! of the request's method, URI and a few headers) in a box of its own when the request
+//! begins, and hands the box to a bounded queue with `try_send`; a full queue drops the span
+//! and counts it. The record itself is never moved after that: the queue, the retention ring
+//! and the `/debug/traces` store pass the pointer on. One export task encodes batches of
 //! records straight into OTLP protobuf (attributes are derived there, off the request path) and
 //! ships them to the collector, or prints them, or hands them to an in-process sink.
 //! Export can never slow or fail a request.
@@ -188,7 +190,7 @@ impl Default for ObserveConfig {
 /// queued (and by its own timer), not once per span: at a few thousand spans a second, a
 /// wake-up per span cost more than the span.
 pub struct SpanQueue {
-    pub tx: mpsc::Sender<SpanRecord>,
+    pub tx: mpsc::Sender<Box<SpanRecord>>,
     pub wake: Arc<tokio::sync::Notify>,
     pub batch: i64,
 }
@@ -267,9 +269,7 @@ impl Telemetry {
     /// Exports `record` as kept for `reason`: its context says sampled, and a span kept for any
     /// reason but the head loses the `ot` threshold (its adjusted count is not that of a
     /// probability sample).
-    // Inlined, as `submit`: a call would take the ~560-byte record by one more copy.
-    #[inline]
-    pub fn keep(&self, mut record: SpanRecord, reason: retention::KeepReason) {
+    pub fn keep(&self, mut record: Box<SpanRecord>, reason: retention::KeepReason) {
         record.reason = Some(reason);
         record.context.flags =
             crate::context::TraceFlags::new(true, record.context.flags.is_random());
@@ -285,7 +285,7 @@ impl Telemetry {
     }
 
     /// Parks a record that was not kept in the retention ring.
-    pub fn park(&self, record: SpanRecord) {
+    pub fn park(&self, record: Box<SpanRecord>) {
         if let Some(r) = &self.0.retention {
             match r.park(record) {
                 retention::ring::Pushed::Parked { overwritten: true } => {
@@ -294,7 +294,7 @@ impl Telemetry {
                 retention::ring::Pushed::Parked { overwritten: false } => {}
                 // Its trace was kept by another worker while this span ended.
                 retention::ring::Pushed::Kept(record) => {
-                    self.keep(*record, retention::KeepReason::Downstream)
+                    self.keep(record, retention::KeepReason::Downstream)
                 }
             }
         }
@@ -324,8 +324,7 @@ impl Telemetry {
 
     /// Hands a finished span to the export queue; never waits. A full or closed queue drops it
     /// and counts the drop.
-    #[inline]
-    pub fn submit(&self, record: SpanRecord) {
+    pub fn submit(&self, record: Box<SpanRecord>) {
         if let Some(queue) = &self.0.queue {
             match queue.tx.try_send(record) {
                 Ok(()) => {

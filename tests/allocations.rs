@@ -28,13 +28,15 @@ use tracemesh::{
     telemetry::Exporter,
 };
 
-/// Allocations per traced request that this test accepts. Measured on 2026-12-02: 9.2, of
+/// Allocations per traced request that this test accepts. Measured on 2026-12-06: 10.12, of
 /// which 6 are hyper's own (two read-buffer reservations and two buffer splits, the response
-/// body channel, the client dispatch oneshot) and 3 ours (the forward future's box, the request
-/// body's shared state, and the span layer's pending state, boxed on purpose: moving it by value
-/// through the layer cost more than the allocation, 1.5k instructions per request against
-/// about 0.1k, BENCHMARKS.md); export adds well under 0.1 per span.
-const MAX_ALLOCATIONS_PER_REQUEST: f64 = 10.0;
+/// body channel, the client dispatch oneshot) and 4 ours: the forward future's box, the request
+/// body's shared state, the span layer's pending state and the span record's own box. The last
+/// two are boxed on purpose: moving them by value cost more than the allocations (the pending
+/// state 1.5k instructions per request, the record's moves on to the queue, the export task and
+/// the `/debug/traces` store 1.15k, each against about 0.1k for a box; BENCHMARKS.md). Export
+/// adds well under 0.1 per span.
+const MAX_ALLOCATIONS_PER_REQUEST: f64 = 11.0;
 
 /// How much the heap may grow at its peak while requests carrying a `tracestate` are served,
 /// their spans queued for export between batches (every 50 ms here). Measured on 2026-12-03:

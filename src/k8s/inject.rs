@@ -78,7 +78,7 @@ pub const ANNOTATION_RETENTION_RING_SPANS: &str = "tracemesh.io/retention-ring-s
 pub const ANNOTATION_RESPONSE_CONTEXT: &str = "tracemesh.io/response-context";
 pub const ANNOTATION_ACCESS_LOG: &str = "tracemesh.io/access-log";
 pub const ANNOTATION_DEBUG_TRACES: &str = "tracemesh.io/debug-traces";
-/// Largest ring an annotation may ask for (about 600 MiB at 568 bytes a record).
+/// Largest ring an annotation may ask for (about 670 MiB at 640 bytes a record).
 pub const MAX_RETENTION_RING_SPANS: usize = 1 << 20;
 /// The volume that carries the reloadable config's ConfigMap into the sidecar.
 pub const CONFIG_VOLUME: &str = "tracemesh-config";

@@ -101,7 +101,7 @@ impl Default for RetentionConfig {
     }
 }
 
-/// 4.5 MiB of records (568 bytes each; `ring.rs` checks the size).
+/// 5 MiB of records (568 bytes each, in a 640-byte allocation; `ring.rs` checks the size).
 pub const DEFAULT_RING_SPANS: usize = 8192;
 pub const DEFAULT_SLOW_FLOOR: Duration = Duration::from_millis(100);
 pub const DEFAULT_KEEP_RATE: f64 = 1000.0;
@@ -141,14 +141,14 @@ impl Retention {
     }
 
     /// Remembers `trace` as kept and hands back the records of it that were parked.
-    pub fn keep_trace(&self, trace: TraceId, siblings: &mut Vec<SpanRecord>) {
+    pub fn keep_trace(&self, trace: TraceId, siblings: &mut Vec<Box<SpanRecord>>) {
         self.kept.insert(trace);
         self.ring.take_trace(trace, siblings);
     }
 
     /// Parks a record that was not kept (see [`ring::Ring::push`]); a `tracestate` over 512
     /// bytes (the length W3C asks every hop to propagate) is not kept.
-    pub fn park(&self, mut record: SpanRecord) -> ring::Pushed {
+    pub fn park(&self, mut record: Box<SpanRecord>) -> ring::Pushed {
         record.trim_for_parking();
         self.ring.push(record, |trace| self.kept.contains(trace))
     }

@@ -186,28 +186,30 @@ where
             counter
         });
         let read = ReadHeaders::scan(req.headers());
-        let record = (exports || logged).then(|| SpanRecord {
-            kind: layer.kind,
-            context: ctx,
-            parent,
-            // Copied: the incoming value shares hyper's read buffer, which the record would
-            // hold until export (BENCHMARKS.md, "A span record held its request's buffer").
-            tracestate: tracestate.as_ref().map(context::detached),
-            start: SystemTime::now(),
-            duration: Default::default(),
-            method: req.method().clone(),
-            text: super::text::RequestText::new(req.uri(), read.host, read.user_agent),
-            version: req.version(),
-            client: layer.client,
-            upstream: layer.upstream,
-            grpc,
-            route,
-            status: None,
-            grpc_status: None,
-            grpc_message: None,
-            outcome: Outcome::Complete,
-            reason: None,
-            link,
+        let record = (exports || logged).then(|| {
+            Box::new(SpanRecord {
+                kind: layer.kind,
+                context: ctx,
+                parent,
+                // Copied: the incoming value shares hyper's read buffer, which the record would
+                // hold until export (BENCHMARKS.md, "A span record held its request's buffer").
+                tracestate: tracestate.as_ref().map(context::detached),
+                start: SystemTime::now(),
+                duration: Default::default(),
+                method: req.method().clone(),
+                text: super::text::RequestText::new(req.uri(), read.host, read.user_agent),
+                version: req.version(),
+                client: layer.client,
+                upstream: layer.upstream,
+                grpc,
+                route,
+                status: None,
+                grpc_status: None,
+                grpc_message: None,
+                outcome: Outcome::Complete,
+                reason: None,
+                link,
+            })
         });
         // Ours, and decided: it goes no further, so an app that copies headers onto its own
         // calls cannot carry a force-trace from an untrusted caller to a trusted listener.
@@ -330,10 +332,11 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
 /// A request waiting for its response to end: its span (when sampled and exported) and its RED
 /// labels (when RED is on).
 ///
-/// Boxed, once per request: it is the span record and then some (hundreds of bytes), and by
-/// value it was copied at each step, into the response future, out of it, into the response
-/// body, and into `finish`. Those copies were 1.5k instructions per HTTP/1.1 request and 1.9k
-/// per h2c request more than the box costs (callgrind, BENCHMARKS.md).
+/// Boxed, once per request: by value it was copied at each step, into the response future, out
+/// of it, into the response body, and into `finish`. Those copies were 1.5k instructions per
+/// HTTP/1.1 request and 1.9k per h2c request more than the box costs (callgrind,
+/// BENCHMARKS.md). The record has a box of its own, which goes on to the queue, the retention
+/// ring and the `/debug/traces` store without the record being copied again.
 struct Pending {
     telemetry: Telemetry,
     start: Instant,
@@ -341,7 +344,7 @@ struct Pending {
     /// The gRPC request's URI (a cheap clone), named in the labels at the end.
     grpc_path: Option<http::Uri>,
     exemplar: Option<TraceExemplar>,
-    record: Option<SpanRecord>,
+    record: Option<Box<SpanRecord>>,
     /// Head-sampled.
     sampled: bool,
     /// Kept, and why, once decided (at the response head or at the end).
@@ -473,8 +476,7 @@ impl Pending {
     /// or parks the record.
     fn finish(mut self: Box<Self>, outcome: Option<Outcome>) -> Option<KeepReason> {
         let duration = self.start.elapsed();
-        // Completed where it lies, and moved out of the box only once, to be queued: a record
-        // is ~560 bytes, and each move of one is a `memcpy`.
+        // Completed where it lies: the record's box goes to the queue (or the ring) as it is.
         if let Some(r) = &mut self.record {
             r.duration = duration;
             if let Some(outcome) = &outcome {
@@ -553,10 +555,10 @@ impl Pending {
             };
             if !self.exports {
                 // Made for the log only: moved, not copied.
-                log.log(entry(record));
+                log.log(entry(*record));
                 return None;
             }
-            log.log(entry(record.clone()));
+            log.log(entry(SpanRecord::clone(&record)));
         }
         if !self.exports {
             return None;

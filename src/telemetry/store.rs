@@ -1,10 +1,11 @@
 //! The trace store behind `/debug/traces`: the spans this proxy exported most recently, in
 //! memory, so a person can read a trace with no collector at all.
 //!
-//! The export task moves each record into [`TraceStore::add`] as it encodes it out of the
-//! queue (OTLP), or each batch before it exports it: nothing is added to the request path. The store is a fixed ring of records
-//! (`--debug-traces-spans`, default [`DEFAULT_SPANS`]; a record is about 570 bytes), so memory is
-//! bounded and adding allocates nothing; the oldest span makes room. Reading (a page view)
+//! The export task moves each record's box into [`TraceStore::add`] as it encodes it out of the
+//! queue (OTLP), or each batch before it exports it: nothing is added to the request path. The
+//! store is a fixed ring of records (`--debug-traces-spans`, default [`DEFAULT_SPANS`]; a record
+//! is about 640 bytes with its allocation), so memory is bounded and adding allocates nothing;
+//! the oldest span makes room, and is freed. Reading (a page view)
 //! groups the ring by trace, newest trace first.
 
 use std::{collections::HashMap, sync::Mutex, time::SystemTime};
@@ -12,7 +13,7 @@ use std::{collections::HashMap, sync::Mutex, time::SystemTime};
 use super::SpanRecord;
 use crate::context::TraceId;
 
-/// Spans held by default: 570 KiB.
+/// Spans held by default: 640 KiB.
 pub const DEFAULT_SPANS: usize = 1024;
 
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub struct TraceStore {
 
 #[derive(Debug)]
 struct Ring {
-    slots: Box<[Option<SpanRecord>]>,
+    slots: Box<[Option<Box<SpanRecord>>]>,
     next: usize,
 }
 
@@ -63,7 +64,7 @@ impl TraceStore {
     /// Takes `records` in, overwriting the oldest. The lock is held while `records` is
     /// iterated: the exporter encodes each record as it is taken (a batch, ~0.3 ms), and only a
     /// page being rendered waits on it.
-    pub fn add(&self, records: impl IntoIterator<Item = SpanRecord>) {
+    pub fn add(&self, records: impl IntoIterator<Item = Box<SpanRecord>>) {
         let mut ring = self.lock();
         for mut r in records {
             let i = ring.next;
@@ -83,7 +84,7 @@ impl TraceStore {
             by_trace
                 .entry(r.context.trace_id)
                 .or_default()
-                .push(r.clone());
+                .push(SpanRecord::clone(r));
         }
         let mut traces: Vec<StoredTrace> = by_trace
             .into_iter()
@@ -105,7 +106,7 @@ impl TraceStore {
             .iter()
             .flatten()
             .filter(|r| r.context.trace_id == trace)
-            .cloned()
+            .map(|r| SpanRecord::clone(r))
             .collect();
         if spans.is_empty() {
             return None;
@@ -133,13 +134,13 @@ mod tests {
         telemetry::{semconv::tests::record, Outcome},
     };
 
-    fn record_of(trace: TraceId, start_ms: u64, ms: u64) -> SpanRecord {
+    fn record_of(trace: TraceId, start_ms: u64, ms: u64) -> Box<SpanRecord> {
         let mut r = record(Direction::Inbound, None, Outcome::Complete);
         r.context.trace_id = trace;
         r.context.span_id = SpanId::random();
         r.start = SystemTime::UNIX_EPOCH + Duration::from_millis(start_ms);
         r.duration = Duration::from_millis(ms);
-        r
+        Box::new(r)
     }
 
     #[test]
