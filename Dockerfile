@@ -36,7 +36,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo fetch --locked
 # Cargo.toml names benches and tests as targets, so they are part of the build context (the
 # files are small); nothing from them ends up in the final image.
+COPY build.rs ./
 COPY src ./src
+# benches/ also holds hot-symbols.txt, the code order build.rs gives the linker.
 COPY benches ./benches
 COPY tests ./tests
 COPY examples ./examples

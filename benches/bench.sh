@@ -150,7 +150,9 @@ if [ "$CALLGRIND" = 1 ]; then
   done
   mkdir -p "$RUN/cg"
   chmod 1777 "$RUN/cg" # nginx's worker writes its own counts after dropping root
-  CG_WRAP=(valgrind --tool=callgrind -q "--callgrind-out-file=$RUN/cg/%p.out")
+  # BENCH_CG_OPTS: more callgrind options (benches/hot-symbols.sh passes --demangle=no).
+  read -r -a cg_opts <<<"${BENCH_CG_OPTS:-}"
+  CG_WRAP=(valgrind --tool=callgrind -q "--callgrind-out-file=$RUN/cg/%p.out" ${cg_opts[@]+"${cg_opts[@]}"})
   START_SECS=180 # valgrind reads the binary's line tables before main
   IDLE_CONNS=0
 fi
@@ -615,7 +617,9 @@ measure_instructions() { # leg proto: instructions per request under callgrind (
   # exported before the counters are zeroed and the measured requests' spans before the dump.
   run_load "$base-cg-warmup.txt" "$budget" h2load -t1 -n "$CG_WARMUP" "${args[@]}" "${h2auth[@]}" "$url"
   sleep 6
-  for p in "${MEASURE[@]}"; do callgrind_control -z "$p" >/dev/null 2>&1 || log "callgrind_control -z $p failed"; done
+  # A dump zeroes the counters too; it keeps the start-up and the warm-up as part 1 (which
+  # benches/hot-symbols.sh reads) rather than dropping them. The measured part is the newest.
+  for p in "${MEASURE[@]}"; do callgrind_control -d "$p" >/dev/null 2>&1 || log "callgrind_control -d $p failed"; done
   run_load "$base-cg.txt" "$budget" h2load -t1 -n "$CG_REQUESTS" "${args[@]}" "${h2auth[@]}" "$url"
   sleep 6
   for p in "${MEASURE[@]}"; do
