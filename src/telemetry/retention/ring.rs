@@ -95,7 +95,8 @@ mod tests {
     use super::*;
 
     /// What one parked record costs, besides what its `Bytes`-backed fields share: the ring's
-    /// memory is `capacity` times this (plus the `Option` tag).
+    /// memory is `capacity` times this, rounded up to the allocator's size class, plus a
+    /// pointer per slot.
     #[test]
     fn a_record_is_a_few_hundred_bytes() {
         // 568 bytes (the request text is 240 of them), allocated in jemalloc's 640-byte class:
