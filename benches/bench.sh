@@ -614,7 +614,7 @@ measure_instructions() { # leg proto: instructions per request under callgrind (
   # fixed low rate.
   [ "$CG_SERIAL" = 1 ] && { args=(-c1 -m1); [ "$proto" = h1 ] && args=(--h1 -c1 -m1); }
   # The settle pauses outlast the span exporter's 5 s schedule delay, so the warm-up's spans are
-  # exported before the counters are zeroed and the measured requests' spans before the dump.
+  # exported before the first dump and the measured requests' spans before the second.
   run_load "$base-cg-warmup.txt" "$budget" h2load -t1 -n "$CG_WARMUP" "${args[@]}" "${h2auth[@]}" "$url"
   sleep 6
   # A dump zeroes the counters too; it keeps the start-up and the warm-up as part 1 (which

@@ -120,8 +120,9 @@ def parse_h2load(kind, leg, proto, path, logfile):
 def parse_closed_cpu(leg, proto, sample_path, hz, results_path):
     """The proxy's CPU time per request in the closed loop: its share of a core over the
     measured window (`closed_cpu_sampler` in bench.sh) divided by the run's req/s. This is what
-    bounds throughput when the proxy is the bottleneck, kernel time included, and it is far less
-    noisy than req/s, which also moves with everything else on the core."""
+    bounds throughput when the proxy is the bottleneck, kernel time included. It moves with the
+    machine's speed between repeats as much as req/s does (BENCHMARKS.md, 2026-12-06): read it
+    as a median over repeats."""
     r = {"kind": "closedcpu", "leg": leg, "proto": proto}
     try:
         a, b, ta, tb = open(sample_path, encoding="utf-8").read().split()
@@ -284,11 +285,12 @@ def report(results_path, meta_path):
         if cost:
             w("## Tracing's cost in the same binary (tracing on ÷ exporter `none`)")
             w("")
-            w("Throughput kept by tracing, three ways: closed-loop req/s (noisy: it moves with "
-              "everything on the core), the inverse of the closed loop's CPU per request (what "
-              "caps throughput when the proxy is the bottleneck, kernel time included), and the "
-              "inverse of CPU per 1k req/s at the fixed rate. Medians over repeats; each repeat "
-              "runs the two legs one after the other.")
+            w("Throughput kept by tracing, three ways: closed-loop req/s, the inverse of the "
+              "closed loop's CPU per request (what caps throughput when the proxy is the "
+              "bottleneck, kernel time included), and the inverse of CPU per 1k req/s at the "
+              "fixed rate. All three move with the machine's speed between repeats; these are "
+              "medians over repeats, each running the two legs one after the other. "
+              "BENCH_CALLGRIND's instruction counts are the steady comparison.")
             w("")
             w("| proto | closed req/s kept | by closed-loop CPU per request | by fixed-rate CPU | CPU µs/req on / none |")
             w("|---|--:|--:|--:|--:|")
