@@ -1,8 +1,9 @@
 //! Release builds of the `tracemesh` binary place the functions that run on the request path
 //! together at the start of `.text`, in the order of `benches/hot-symbols.txt` (written by
 //! `benches/hot-symbols.sh` from callgrind runs of the bench's loads). The kernel maps code in
-//! 64 KiB blocks around each page fault, so scattered hot functions made most of the 11 MB of
-//! code resident; together they take a few hundred KiB (BENCHMARKS.md, "Hot code together").
+//! 64 KiB blocks around each page fault, so scattered hot functions made 5–6 MiB of the 11 MB of
+//! code resident; together (about 2 MB of functions) 2.2–2.8 MiB (BENCHMARKS.md, "Hot code
+//! together").
 //!
 //! The option is lld's (and mold's) `--symbol-ordering-file`, which GNU ld does not have: it is
 //! passed only where rustc links with its own lld by default (x86_64 Linux, glibc, rustc 1.90

@@ -31,7 +31,9 @@ for name in sorted(os.listdir(cg_dir)):
     path = os.path.join(cg_dir, name)
     with open(path, errors="replace") as f:
         head = f.read(4096)
-        if not re.search(r"^cmd:.*tracemesh", head, re.M):
+        # The proxy's own dumps: its binary is the command (nginx's config path may name the
+        # repository, so the whole line is not enough).
+        if not re.search(r"^cmd:\s+\S*tracemesh\s", head, re.M):
             continue  # nginx, the upstream
         f.seek(0)
         names, fn, after_call = {}, None, False
