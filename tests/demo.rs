@@ -78,7 +78,30 @@ async fn demo_prints_three_five_span_waterfalls_the_kept_traces_and_a_propagatio
         })
         .collect();
     assert!(bars.iter().all(|b| b.chars().count() == 32), "{b3}");
-    assert!(bars[0].chars().all(|c| c == '█'), "{b3}");
+    // The axis runs from the first start to the last end, and a CLIENT span can end a little
+    // after the SERVER span that made the call (its response's end is seen after the app has
+    // answered): the root's bar starts the axis, is solid, and is as wide as its share of the
+    // trace's length, to the cell.
+    let ms = |w: &str| w.strip_suffix("ms").and_then(|n| n.parse::<f64>().ok());
+    let trace_ms = b3
+        .lines()
+        .next()
+        .and_then(|h| h.split(", ").nth(1))
+        .and_then(|t| t.strip_suffix(" ms)"))
+        .and_then(|t| t.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no trace length in the header:\n{b3}"));
+    let root_ms = rows[0]
+        .iter()
+        .find_map(|w| ms(w))
+        .unwrap_or_else(|| panic!("no duration on the root's row:\n{b3}"));
+    let root_cells = bars[0].chars().take_while(|&c| c == '█').count();
+    let want_cells = root_ms / trace_ms * 32.0;
+    assert!(bars[0].starts_with('█'), "{b3}");
+    assert!(bars[0].chars().skip(root_cells).all(|c| c == ' '), "{b3}");
+    assert!(
+        (root_cells as f64 - want_cells).abs() <= 1.0,
+        "root bar {root_cells} cells, {want_cells:.1} for {root_ms} of {trace_ms} ms:\n{b3}"
+    );
     assert!(
         bars.iter().all(|b| b.contains('█') || b.contains('░')),
         "{b3}"
